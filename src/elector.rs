@@ -1,0 +1,836 @@
+//! [`LeaderElector`]: leadership as a long-lived election over any [`LeaseStore`].
+//!
+//! The model is client-go's `tools/leaderelection`, with its semantics kept where they are
+//! right (expiry judged on the observer's monotonic clock, the leader stepping down at the renew
+//! deadline) and its gaps closed: re-campaign by default, drain-then-release on shutdown,
+//! watch-driven handoff, a fencing token per term.
+
+mod config;
+mod handle;
+pub mod state;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use rand::Rng;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, sleep_until, Instant};
+use tracing::{debug, info, warn};
+
+pub use self::config::{default_identity, Config, MAX_DURATION};
+pub use self::handle::{Leader, LeaderHandle, LeaderState};
+use self::state::{decide, next_record, vacated, Decision, Observed};
+use crate::error::{with_timeout, Error, Result};
+use crate::store::{LeaseStore, PutMode, WatchStream};
+use crate::term::Term;
+
+/// Why a term ended, as told to `on_stopped_leading`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StopReason {
+    /// Leadership was lost; the term's token was cancelled at once.
+    Lost(LostReason),
+    /// The work returned by itself; the lease was released.
+    Released,
+    /// Shutdown was requested: the work was drained and the lease released (unless
+    /// `release_on_shutdown` is off).
+    ShutDown,
+}
+
+/// Why leadership was lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LostReason {
+    /// No renewal succeeded for the renew deadline (store slow, unreachable or partitioned).
+    RenewDeadlineExceeded {
+        /// The last renewal error, if one was returned before the deadline.
+        last_error: Option<String>,
+    },
+    /// The record now names another holder, another term, or nobody.
+    TakenOver {
+        /// The holder now recorded (`None`: vacated by somebody else).
+        holder: Option<String>,
+    },
+    /// The record was deleted.
+    Deleted,
+    /// The store refused the renewal for good (permission revoked, record garbled).
+    StoreError {
+        /// The error, as text; `run` returns the error itself.
+        error: String,
+    },
+}
+
+type NewLeaderFn = Arc<dyn Fn(Option<&Leader>) + Send + Sync>;
+type StoppedFn = Arc<dyn Fn(&StopReason) + Send + Sync>;
+
+/// Runs an election over a [`LeaseStore`]: campaigns, leads, steps down, re-campaigns.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> tenure::Result<()> {
+/// use std::time::Duration;
+/// use tenure::{LeaderElector, MemoryStore, Term};
+///
+/// let elector = LeaderElector::builder(MemoryStore::new(), "billing-scheduler")
+///     .lease_duration(Duration::from_secs(15)) // L
+///     .renew_deadline(Duration::from_secs(10)) // D
+///     .retry_period(Duration::from_secs(2)) // R
+///     .on_new_leader(|leader| println!("leader: {:?}", leader.map(|l| &l.identity)))
+///     .on_stopped_leading(|why| println!("stopped leading: {why:?}"))
+///     .build()?;
+/// let shutdown = tokio::time::sleep(Duration::from_secs(30));
+/// elector
+///     .run(shutdown, |term: Term| async move {
+///         // on_started_leading: work until the term's token is cancelled.
+///         println!("leading with fencing token {}", term.fencing_token());
+///         term.cancelled().await;
+///     })
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct LeaderElector<S> {
+    store: S,
+    name: String,
+    config: Config,
+    on_new_leader: Option<NewLeaderFn>,
+    on_stopped_leading: Option<StoppedFn>,
+    state: watch::Sender<LeaderState>,
+}
+
+/// Builds a [`LeaderElector`]; [`build`](Self::build) validates the settings.
+#[must_use]
+pub struct Builder<S> {
+    store: S,
+    name: String,
+    config: Config,
+    on_new_leader: Option<NewLeaderFn>,
+    on_stopped_leading: Option<StoppedFn>,
+}
+
+impl<S: LeaseStore> LeaderElector<S> {
+    /// Starts building an elector for election `name` over `store`, with default settings.
+    pub fn builder(store: S, name: impl Into<String>) -> Builder<S> {
+        Builder {
+            store,
+            name: name.into(),
+            config: Config::default(),
+            on_new_leader: None,
+            on_stopped_leading: None,
+        }
+    }
+
+    /// The validated settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A handle for other tasks: `is_leader()`, the state channel, `leadership_lost()`.
+    pub fn handle(&self) -> LeaderHandle {
+        LeaderHandle {
+            rx: self.state.subscribe(),
+            identity: Arc::from(self.config.identity.as_str()),
+        }
+    }
+
+    /// Campaigns until `shutdown` resolves, calling `on_started_leading` with a fresh [`Term`]
+    /// at the start of every term and running the future it returns as a task.
+    ///
+    /// - The term's token is cancelled at once when leadership is lost; `on_stopped_leading`
+    ///   fires; the elector waits for the work (at most `drain_timeout`, then aborts it) and,
+    ///   with `recampaign` on (the default), campaigns again.
+    /// - If the work returns by itself, the lease is released and, with `recampaign`, the
+    ///   elector campaigns again after a jittered retry period.
+    /// - On shutdown while leading: the token is cancelled, the lease is renewed while the work
+    ///   finishes (bounded by `drain_timeout`), then released, then `run` returns `Ok`.
+    ///
+    /// Transient store errors (timeouts, unavailability) are retried. Final ones — permission
+    /// denied, a record that is not a tenure record, a name the store cannot hold — end `run`
+    /// with that error (after stepping down, if leading): retrying cannot fix them.
+    ///
+    /// Cancellation: dropping this future stops campaigning without releasing; the running
+    /// term's token is cancelled and its task aborted. Prefer `shutdown` to drain and release.
+    pub async fn run<F, Fut>(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+        on_started_leading: F,
+    ) -> Result<()>
+    where
+        F: FnMut(Term) -> Fut + Send,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let mut r = Runner::new(&self, shutdown);
+        let res = r.run(Some(Box::new(on_started_leading))).await;
+        r.publish(None);
+        res
+    }
+
+    /// Follows the election without ever campaigning, until `shutdown` resolves: keeps the
+    /// state channel and `on_new_leader` up to date.
+    pub async fn observe(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let mut r = Runner::new(&self, shutdown);
+        r.run::<fn(Term) -> std::future::Ready<()>, _>(None).await
+    }
+}
+
+impl<S: LeaseStore> Builder<S> {
+    /// Replaces all settings at once.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+    /// This candidate's identity (default: [`default_identity`]).
+    pub fn identity(mut self, identity: impl Into<String>) -> Self {
+        self.config.identity = identity.into();
+        self
+    }
+    /// `L`, see [`Config::lease_duration`].
+    pub fn lease_duration(mut self, d: Duration) -> Self {
+        self.config.lease_duration = d;
+        self
+    }
+    /// `D`, see [`Config::renew_deadline`].
+    pub fn renew_deadline(mut self, d: Duration) -> Self {
+        self.config.renew_deadline = d;
+        self
+    }
+    /// `R`, see [`Config::retry_period`].
+    pub fn retry_period(mut self, d: Duration) -> Self {
+        self.config.retry_period = d;
+        self
+    }
+    /// See [`Config::jitter`].
+    pub fn jitter(mut self, factor: f64) -> Self {
+        self.config.jitter = factor;
+        self
+    }
+    /// See [`Config::call_timeout`].
+    pub fn call_timeout(mut self, d: Duration) -> Self {
+        self.config.call_timeout = Some(d);
+        self
+    }
+    /// See [`Config::drain_timeout`].
+    pub fn drain_timeout(mut self, d: Duration) -> Self {
+        self.config.drain_timeout = d;
+        self
+    }
+    /// See [`Config::release_on_shutdown`].
+    pub fn release_on_shutdown(mut self, on: bool) -> Self {
+        self.config.release_on_shutdown = on;
+        self
+    }
+    /// See [`Config::recampaign`]; `false` gives client-go's one-shot behaviour.
+    pub fn recampaign(mut self, on: bool) -> Self {
+        self.config.recampaign = on;
+        self
+    }
+    /// See [`Config::value`].
+    pub fn value(mut self, value: impl Into<String>) -> Self {
+        self.config.value = Some(value.into());
+        self
+    }
+    /// Called on every observed change of holder, ours and vacancy (`None`) included.
+    pub fn on_new_leader(mut self, f: impl Fn(Option<&Leader>) + Send + Sync + 'static) -> Self {
+        self.on_new_leader = Some(Arc::new(f));
+        self
+    }
+    /// Called when a term ends, with the reason.
+    pub fn on_stopped_leading(mut self, f: impl Fn(&StopReason) + Send + Sync + 'static) -> Self {
+        self.on_stopped_leading = Some(Arc::new(f));
+        self
+    }
+
+    /// Validates the settings ([`Config::validate`]) and the name, and builds the elector.
+    pub fn build(self) -> Result<LeaderElector<S>> {
+        if self.name.is_empty() {
+            return Err(Error::config("the election name must not be empty"));
+        }
+        self.config.validate()?;
+        Ok(LeaderElector {
+            store: self.store,
+            name: self.name,
+            config: self.config,
+            on_new_leader: self.on_new_leader,
+            on_stopped_leading: self.on_stopped_leading,
+            state: watch::channel(LeaderState::Unknown).0,
+        })
+    }
+}
+
+type BoxedWork<'a, F> = Option<Box<F>>;
+
+/// How a term ended, for the campaign loop.
+enum Ended {
+    Lost(Option<Error>),
+    Released,
+    ShutDown,
+}
+
+struct Shutdown<'a> {
+    fut: Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
+    fired: bool,
+}
+
+impl Shutdown<'_> {
+    /// Resolves once shutdown was requested (at once if it already was). Cancellation safe.
+    async fn wait(&mut self) {
+        if !self.fired {
+            (&mut self.fut).await;
+            self.fired = true;
+        }
+    }
+}
+
+/// Watch notifications, resubscribed after the stream ends. Cancellation safe.
+struct Wakeups {
+    stream: Option<WatchStream>,
+    supported: bool,
+    resubscribe_at: Option<Instant>,
+}
+
+impl Wakeups {
+    async fn next<S: LeaseStore>(&mut self, store: &S, name: &str, retry: Duration) {
+        loop {
+            if let Some(at) = self.resubscribe_at {
+                sleep_until(at).await;
+                self.resubscribe_at = None;
+                self.stream = store.watch(name);
+                // Something may have changed while we were not watching: re-read.
+                return;
+            }
+            match &mut self.stream {
+                None => std::future::pending::<()>().await,
+                Some(s) => match s.next().await {
+                    Some(Ok(())) => return,
+                    Some(Err(e)) => {
+                        debug!(error = %e, "watch error; resubscribing");
+                        self.stream = None;
+                        self.resubscribe_at = Some(Instant::now() + retry);
+                    }
+                    None => {
+                        debug!("watch ended; resubscribing");
+                        self.stream = None;
+                        self.resubscribe_at = Some(Instant::now() + retry);
+                    }
+                },
+            }
+        }
+    }
+}
+
+struct Runner<'a, S> {
+    el: &'a LeaderElector<S>,
+    shutdown: Shutdown<'a>,
+    wakeups: Wakeups,
+    observed: Option<Observed>,
+    reported_holder: Option<Option<String>>,
+    call_timeout: Duration,
+}
+
+impl<'a, S: LeaseStore> Runner<'a, S> {
+    fn new(el: &'a LeaderElector<S>, shutdown: impl Future<Output = ()> + Send + 'a) -> Self {
+        let stream = el.store.watch(&el.name);
+        Runner {
+            el,
+            shutdown: Shutdown {
+                fut: Box::pin(shutdown),
+                fired: false,
+            },
+            wakeups: Wakeups {
+                supported: stream.is_some(),
+                stream,
+                resubscribe_at: None,
+            },
+            observed: None,
+            reported_holder: None,
+            call_timeout: el.config.effective_call_timeout(),
+        }
+    }
+
+    fn cfg(&self) -> &Config {
+        &self.el.config
+    }
+
+    fn jittered_retry(&self) -> Duration {
+        let r = self.cfg().retry_period;
+        let f: f64 = rand::thread_rng().gen_range(0.0..=1.0);
+        r + r.mul_f64(self.cfg().jitter * f)
+    }
+
+    async fn run<F, Fut>(&mut self, mut work: BoxedWork<'_, F>) -> Result<()>
+    where
+        F: FnMut(Term) -> Fut + Send,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        loop {
+            let campaigning = work.is_some();
+            let Some(acquired_at) = self.campaign(campaigning).await? else {
+                return Ok(());
+            };
+            let Some(f) = work.as_mut() else {
+                return Ok(());
+            };
+            match self.lead(acquired_at, f).await {
+                Ended::ShutDown => return Ok(()),
+                Ended::Lost(Some(e)) => return Err(e),
+                Ended::Lost(None) => {
+                    if !self.cfg().recampaign {
+                        return Ok(());
+                    }
+                }
+                Ended::Released => {
+                    if !self.cfg().recampaign {
+                        return Ok(());
+                    }
+                    // Give the others a chance to take over before we campaign again.
+                    let pause = self.jittered_retry();
+                    tokio::select! {
+                        _ = self.shutdown.wait() => return Ok(()),
+                        _ = sleep(pause) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the record under the call timeout, refreshing the observation.
+    async fn read(&mut self) -> Result<()> {
+        let el = self.el;
+        let fresh = with_timeout(
+            el.store.kind(),
+            "get",
+            &el.name,
+            self.call_timeout,
+            el.store.get(&el.name),
+        )
+        .await?;
+        self.observed = Observed::refresh(self.observed.take(), fresh, Instant::now());
+        Ok(())
+    }
+
+    /// Follows (and, if `campaigning`, campaigns) until we hold the lease — returning the
+    /// send time of the winning write — or shutdown is requested (`None`).
+    async fn campaign(&mut self, campaigning: bool) -> Result<Option<Instant>> {
+        let el = self.el;
+        loop {
+            if self.shutdown.fired {
+                return Ok(None);
+            }
+            if let Err(e) = self.read().await {
+                if !e.is_retryable() {
+                    self.publish(None);
+                    return Err(e);
+                }
+                warn!(election = %el.name, error = %e, "reading the lease failed; retrying");
+                let pause = self.jittered_retry();
+                if self.pause(Some(pause), None).await {
+                    return Ok(None);
+                }
+                continue;
+            }
+            self.publish(None);
+            let decision = decide(
+                self.observed.as_ref(),
+                Instant::now(),
+                &self.cfg().identity,
+                None,
+            );
+            let expires_at = match decision {
+                Decision::Follow { expires_at, .. } => Some(expires_at),
+                Decision::Create | Decision::Acquire if campaigning => {
+                    match self.try_acquire(&decision).await {
+                        Ok(Some(sent)) => return Ok(Some(sent)),
+                        Ok(None) => continue, // somebody wrote first: re-read at once
+                        Err(e) if !e.is_retryable() => return Err(e),
+                        Err(e) => {
+                            warn!(election = %el.name, error = %e, "acquiring the lease failed; retrying");
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
+            // With a watch, changes wake us; without one, poll every jittered R. Either way,
+            // wake at the observed expiry.
+            let poll =
+                (!self.wakeups.supported || expires_at.is_none()).then(|| self.jittered_retry());
+            if self.pause(poll, expires_at).await {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Waits for a watch event, `poll` to pass, `until`, or shutdown (returns `true`).
+    async fn pause(&mut self, poll: Option<Duration>, until: Option<Instant>) -> bool {
+        let (store, name, retry) = (&self.el.store, &self.el.name, self.el.config.retry_period);
+        let poll_at = poll.map(|p| Instant::now() + p);
+        tokio::select! {
+            _ = self.shutdown.wait() => true,
+            _ = self.wakeups.next(store, name, retry) => false,
+            _ = sleep_until(poll_at.unwrap_or_else(far_future)), if poll_at.is_some() => false,
+            _ = sleep_until(until.unwrap_or_else(far_future)), if until.is_some() => false,
+        }
+    }
+
+    /// One attempt to take the lease. `Ok(None)`: somebody else wrote first.
+    async fn try_acquire(&mut self, decision: &Decision) -> Result<Option<Instant>> {
+        let el = self.el;
+        let cfg = &el.config;
+        let record = next_record(
+            decision,
+            self.observed.as_ref(),
+            &cfg.identity,
+            cfg.lease_duration,
+            cfg.value.as_deref(),
+            SystemTime::now(),
+        );
+        let mode = match &self.observed {
+            None => PutMode::Create,
+            Some(o) => PutMode::Update(o.version.clone()),
+        };
+        let sent = Instant::now();
+        match with_timeout(
+            el.store.kind(),
+            "put",
+            &el.name,
+            self.call_timeout,
+            el.store.put(&el.name, &record, mode),
+        )
+        .await
+        {
+            Ok(version) => {
+                info!(election = %el.name, identity = %cfg.identity, fencing_token = record.transitions, "acquired the lease");
+                self.observed = Some(Observed {
+                    record,
+                    version,
+                    since: sent,
+                });
+                Ok(Some(sent))
+            }
+            Err(e) if e.is_conflict() => {
+                debug!(election = %el.name, "lost the race to acquire");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Leads one term, from the winning write sent at `acquired_at`.
+    async fn lead<F, Fut>(&mut self, acquired_at: Instant, work: &mut F) -> Ended
+    where
+        F: FnMut(Term) -> Fut + Send,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let el = self.el;
+        let cfg = &el.config;
+        let token = self
+            .observed
+            .as_ref()
+            .map(|o| o.record.transitions)
+            .unwrap_or_default();
+        let term = Term::new(
+            &el.name,
+            &cfg.identity,
+            token,
+            acquired_at,
+            acquired_at + cfg.renew_deadline,
+        );
+        self.publish(Some(&term));
+        let mut task: JoinHandle<()> = tokio::spawn(work(term.clone()));
+        let _abort_on_drop = AbortOnDrop(task.abort_handle(), term.clone());
+
+        let mut last_ok_sent = acquired_at;
+        let mut next_renew = acquired_at + cfg.retry_period;
+        let mut last_error: Option<String> = None;
+        let mut drain_until: Option<Instant> = None;
+
+        let ended_by_work = loop {
+            let deadline = last_ok_sent + cfg.renew_deadline;
+            tokio::select! {
+                biased;
+                _ = sleep_until(deadline) => {
+                    warn!(election = %el.name, "renew deadline passed; stepping down");
+                    return self.lost(&term, task, LostReason::RenewDeadlineExceeded { last_error }, None).await;
+                }
+                res = &mut task => {
+                    if let Err(e) = res {
+                        if e.is_panic() {
+                            warn!(election = %el.name, "the leader's work panicked; releasing");
+                        }
+                    }
+                    break drain_until.is_none();
+                }
+                _ = sleep_until(drain_until.unwrap_or_else(far_future)), if drain_until.is_some() => {
+                    warn!(election = %el.name, "the work did not finish within drain_timeout; aborting it");
+                    task.abort();
+                    let _ = (&mut task).await;
+                    break false;
+                }
+                _ = self.shutdown.wait(), if drain_until.is_none() => {
+                    info!(election = %el.name, "shutdown requested; draining the work");
+                    term.end();
+                    drain_until = Some(Instant::now() + cfg.drain_timeout);
+                }
+                _ = sleep_until(next_renew) => {
+                    let sent = Instant::now();
+                    let budget = self.call_timeout.min(deadline.saturating_duration_since(sent));
+                    match self.renew(budget).await {
+                        Ok(()) => {
+                            last_ok_sent = sent;
+                            last_error = None;
+                            term.set_valid_until(sent + cfg.renew_deadline);
+                            next_renew = sent + cfg.retry_period;
+                        }
+                        Err(e) if e.is_conflict() => {
+                            // Our view is stale: perhaps our own last write landed unseen.
+                            match self.check_still_ours(token).await {
+                                Ok(None) => next_renew = Instant::now(),
+                                Ok(Some(reason)) => return self.lost(&term, task, reason, None).await,
+                                Err(e) => {
+                                    last_error = Some(e.to_string());
+                                    next_renew = sent + cfg.retry_period;
+                                }
+                            }
+                        }
+                        Err(e) if !e.is_retryable() => {
+                            let reason = LostReason::StoreError { error: e.to_string() };
+                            return self.lost(&term, task, reason, Some(e)).await;
+                        }
+                        Err(e) => {
+                            warn!(election = %el.name, error = %e, "renewal failed");
+                            last_error = Some(e.to_string());
+                            next_renew = sent + cfg.retry_period;
+                        }
+                    }
+                }
+                _ = self.wakeups.next(&el.store, &el.name, cfg.retry_period) => {
+                    match self.check_still_ours(token).await {
+                        Ok(Some(reason)) => return self.lost(&term, task, reason, None).await,
+                        Ok(None) => {}
+                        Err(e) if !e.is_retryable() => {
+                            let reason = LostReason::StoreError { error: e.to_string() };
+                            return self.lost(&term, task, reason, Some(e)).await;
+                        }
+                        Err(e) => last_error = Some(e.to_string()),
+                    }
+                }
+            }
+        };
+        term.end();
+        let deadline = last_ok_sent + cfg.renew_deadline;
+        if ended_by_work || cfg.release_on_shutdown {
+            self.release(token, deadline).await;
+        }
+        self.publish(None);
+        let reason = if ended_by_work {
+            StopReason::Released
+        } else {
+            StopReason::ShutDown
+        };
+        self.stopped(&reason);
+        if ended_by_work {
+            Ended::Released
+        } else {
+            Ended::ShutDown
+        }
+    }
+
+    /// One renewal of the term under `budget`.
+    async fn renew(&mut self, budget: Duration) -> Result<()> {
+        let el = self.el;
+        let cfg = &el.config;
+        let Some(obs) = self.observed.as_ref() else {
+            return Err(Error::Conflict {
+                store: el.store.kind(),
+                name: el.name.clone(),
+            });
+        };
+        let record = next_record(
+            &Decision::Renew,
+            Some(obs),
+            &cfg.identity,
+            cfg.lease_duration,
+            cfg.value.as_deref(),
+            SystemTime::now(),
+        );
+        let mode = PutMode::Update(obs.version.clone());
+        let sent = Instant::now();
+        let version = with_timeout(
+            el.store.kind(),
+            "put",
+            &el.name,
+            budget,
+            el.store.put(&el.name, &record, mode),
+        )
+        .await?;
+        self.observed = Some(Observed {
+            record,
+            version,
+            since: sent,
+        });
+        Ok(())
+    }
+
+    /// Re-reads while leading: `Ok(None)` if the record is still our term's (adopting its
+    /// version), `Ok(Some(reason))` if it is not.
+    async fn check_still_ours(&mut self, token: u64) -> Result<Option<LostReason>> {
+        self.read().await?;
+        Ok(
+            match decide(
+                self.observed.as_ref(),
+                Instant::now(),
+                &self.cfg().identity,
+                Some(token),
+            ) {
+                Decision::Renew => None,
+                Decision::Lost { .. } if self.observed.is_none() => Some(LostReason::Deleted),
+                Decision::Lost { holder } => Some(LostReason::TakenOver { holder }),
+                _ => None,
+            },
+        )
+    }
+
+    /// Ends a term that was lost: cancel first, tell, then wait for the work.
+    async fn lost(
+        &mut self,
+        term: &Term,
+        mut task: JoinHandle<()>,
+        reason: LostReason,
+        err: Option<Error>,
+    ) -> Ended {
+        term.end();
+        warn!(election = %self.el.name, reason = ?reason, "lost leadership");
+        self.publish(None);
+        self.stopped(&StopReason::Lost(reason));
+        if tokio::time::timeout(self.cfg().drain_timeout, &mut task)
+            .await
+            .is_err()
+        {
+            warn!(election = %self.el.name, "the work ignored cancellation for drain_timeout; aborting it");
+            task.abort();
+        }
+        Ended::Lost(err)
+    }
+
+    /// Writes holder = vacant for our term, retrying on conflict while the record is still
+    /// ours, until `deadline` (after which the lease is no longer ours to release).
+    async fn release(&mut self, token: u64, deadline: Instant) {
+        let el = self.el;
+        while Instant::now() < deadline {
+            let Some(obs) = self.observed.as_ref() else {
+                return;
+            };
+            let record = vacated(&obs.record, SystemTime::now());
+            let mode = PutMode::Update(obs.version.clone());
+            let budget = self
+                .call_timeout
+                .min(deadline.saturating_duration_since(Instant::now()));
+            let sent = Instant::now();
+            match with_timeout(
+                el.store.kind(),
+                "put",
+                &el.name,
+                budget,
+                el.store.put(&el.name, &record, mode),
+            )
+            .await
+            {
+                Ok(version) => {
+                    info!(election = %el.name, "released the lease");
+                    self.observed = Some(Observed {
+                        record,
+                        version,
+                        since: sent,
+                    });
+                    return;
+                }
+                Err(e) => {
+                    debug!(election = %el.name, error = %e, "release failed; re-reading");
+                    if !e.is_conflict() {
+                        sleep(
+                            self.cfg()
+                                .retry_period
+                                .min(deadline.saturating_duration_since(Instant::now())),
+                        )
+                        .await;
+                    }
+                    match self.check_still_ours(token).await {
+                        Ok(None) => continue,
+                        Ok(Some(_)) => return, // not ours any more: nothing to release
+                        Err(_) => continue,
+                    }
+                }
+            }
+        }
+        warn!(election = %el.name, "could not release the lease before the renew deadline; it will expire");
+    }
+
+    fn stopped(&self, reason: &StopReason) {
+        if let Some(f) = &self.el.on_stopped_leading {
+            f(reason);
+        }
+    }
+
+    /// Publishes the state (leading with `term`, or what was observed) and fires
+    /// `on_new_leader` when the holder changed.
+    fn publish(&mut self, term: Option<&Term>) {
+        let (state, holder) = match (term, &self.observed) {
+            (Some(t), _) => (
+                LeaderState::Leading(t.clone()),
+                Some(t.identity().to_owned()),
+            ),
+            (None, Some(o)) => match &o.record.holder {
+                Some(h) => (
+                    LeaderState::Following(Leader {
+                        identity: h.clone(),
+                        value: o.record.value.clone(),
+                        fencing_token: o.record.transitions,
+                    }),
+                    Some(h.clone()),
+                ),
+                None => (LeaderState::Vacant, None),
+            },
+            (None, None) => (LeaderState::Vacant, None),
+        };
+        self.el.state.send_if_modified(|cur| {
+            if cur.same_as(&state) {
+                false
+            } else {
+                *cur = state.clone();
+                true
+            }
+        });
+        if self.reported_holder.as_ref() != Some(&holder) {
+            self.reported_holder = Some(holder);
+            if let Some(f) = &self.el.on_new_leader {
+                let leader = match &state {
+                    LeaderState::Following(l) => Some(l.clone()),
+                    LeaderState::Leading(t) => Some(Leader {
+                        identity: t.identity().to_owned(),
+                        value: self.cfg().value.clone(),
+                        fencing_token: t.fencing_token(),
+                    }),
+                    _ => None,
+                };
+                f(leader.as_ref());
+            }
+        }
+    }
+}
+
+/// Cancels the term and aborts its task if `run` is dropped mid-term.
+struct AbortOnDrop(tokio::task::AbortHandle, Term);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.1.end();
+        self.0.abort();
+    }
+}
+
+fn far_future() -> Instant {
+    state::add(Instant::now(), Duration::from_secs(365 * 24 * 3600))
+}

@@ -1,0 +1,280 @@
+//! [`Config`]: the elector's settings, their defaults and the rules they must obey.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// The longest any duration setting may be. Longer values are almost certainly unit mistakes
+/// (and would overflow monotonic-clock arithmetic).
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Settings of a [`LeaderElector`](crate::LeaderElector).
+///
+/// Build it through [`LeaderElector::builder`](crate::LeaderElector::builder) or start from
+/// [`Config::default`] and the `#[must_use]` setters; [`Config::validate`] checks the rules.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Config {
+    /// This candidate's identity, unique among candidates. Default: hostname, pid and a random
+    /// suffix ([`default_identity`]).
+    pub identity: String,
+    /// `L`: how long followers wait, after last seeing the record change, before taking over.
+    /// Default 15 s (Kubernetes components' `--leader-elect-lease-duration`).
+    pub lease_duration: Duration,
+    /// `D`: the leader steps down when no renewal has succeeded for this long, counted from the
+    /// send time of the last successful one. Default 10 s (`--leader-elect-renew-deadline`).
+    pub renew_deadline: Duration,
+    /// `R`: how often the leader renews and followers retry. Default 2 s
+    /// (`--leader-elect-retry-period`).
+    pub retry_period: Duration,
+    /// Followers wait `R × (1 + jitter × rand[0,1))` between retries. Default 1.2 (client-go's
+    /// `JitterFactor`).
+    pub jitter: f64,
+    /// Deadline of each store call. Default `min(R, L − D)`; may not exceed it.
+    pub call_timeout: Option<Duration>,
+    /// On shutdown, how long the work may take to finish after its token is cancelled, while
+    /// the elector keeps renewing, before it is aborted and the lease released. Default 10 s.
+    pub drain_timeout: Duration,
+    /// Release the lease (holder = vacant) on shutdown so a follower takes over at once.
+    /// Default on (client-go's `ReleaseOnCancel`, there off by default).
+    pub release_on_shutdown: bool,
+    /// Campaign again after a term ends. Default on; off gives client-go's one-shot `Run`.
+    pub recampaign: bool,
+    /// A value published with the lease while leading, for example this replica's address.
+    pub value: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            identity: default_identity(),
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+            jitter: 1.2,
+            call_timeout: None,
+            drain_timeout: Duration::from_secs(10),
+            release_on_shutdown: true,
+            recampaign: true,
+            value: None,
+        }
+    }
+}
+
+impl Config {
+    /// Sets [`identity`](Self::identity).
+    #[must_use]
+    pub fn identity(mut self, identity: impl Into<String>) -> Self {
+        self.identity = identity.into();
+        self
+    }
+    /// Sets [`lease_duration`](Self::lease_duration) (`L`).
+    #[must_use]
+    pub fn lease_duration(mut self, d: Duration) -> Self {
+        self.lease_duration = d;
+        self
+    }
+    /// Sets [`renew_deadline`](Self::renew_deadline) (`D`).
+    #[must_use]
+    pub fn renew_deadline(mut self, d: Duration) -> Self {
+        self.renew_deadline = d;
+        self
+    }
+    /// Sets [`retry_period`](Self::retry_period) (`R`).
+    #[must_use]
+    pub fn retry_period(mut self, d: Duration) -> Self {
+        self.retry_period = d;
+        self
+    }
+    /// Sets [`jitter`](Self::jitter).
+    #[must_use]
+    pub fn jitter(mut self, factor: f64) -> Self {
+        self.jitter = factor;
+        self
+    }
+    /// Sets [`call_timeout`](Self::call_timeout).
+    #[must_use]
+    pub fn call_timeout(mut self, d: Duration) -> Self {
+        self.call_timeout = Some(d);
+        self
+    }
+    /// Sets [`drain_timeout`](Self::drain_timeout).
+    #[must_use]
+    pub fn drain_timeout(mut self, d: Duration) -> Self {
+        self.drain_timeout = d;
+        self
+    }
+    /// Sets [`release_on_shutdown`](Self::release_on_shutdown).
+    #[must_use]
+    pub fn release_on_shutdown(mut self, on: bool) -> Self {
+        self.release_on_shutdown = on;
+        self
+    }
+    /// Sets [`recampaign`](Self::recampaign).
+    #[must_use]
+    pub fn recampaign(mut self, on: bool) -> Self {
+        self.recampaign = on;
+        self
+    }
+    /// Sets [`value`](Self::value).
+    #[must_use]
+    pub fn value(mut self, value: impl Into<String>) -> Self {
+        self.value = Some(value.into());
+        self
+    }
+
+    /// The effective per-call deadline: [`call_timeout`](Self::call_timeout) or `min(R, L − D)`.
+    pub fn effective_call_timeout(&self) -> Duration {
+        self.call_timeout.unwrap_or_else(|| {
+            self.retry_period
+                .min(self.lease_duration.saturating_sub(self.renew_deadline))
+        })
+    }
+
+    /// Checks the rules, naming the first one broken:
+    ///
+    /// - every duration is positive and at most [`MAX_DURATION`];
+    /// - `jitter` is finite and not negative;
+    /// - `R < D` and `R × jitter < D` (client-go's rule: a renewal retried after a jittered
+    ///   retry period still fits in the deadline);
+    /// - `D < L` (the leader steps down before any follower may take over);
+    /// - `0 < call_timeout ≤ min(R, L − D)` (a hung call cannot eat the safety margin);
+    /// - the identity is not empty.
+    pub fn validate(&self) -> Result<()> {
+        let named = [
+            ("lease_duration", self.lease_duration),
+            ("renew_deadline", self.renew_deadline),
+            ("retry_period", self.retry_period),
+            ("drain_timeout", self.drain_timeout),
+        ];
+        for (name, d) in named {
+            if d.is_zero() && name != "drain_timeout" {
+                return Err(Error::config(format!("{name} must be positive")));
+            }
+            if d > MAX_DURATION {
+                return Err(Error::config(format!(
+                    "{name} ({d:?}) must be at most {MAX_DURATION:?}"
+                )));
+            }
+        }
+        if !self.jitter.is_finite() || self.jitter < 0.0 {
+            return Err(Error::config(format!(
+                "jitter ({}) must be a finite, non-negative factor",
+                self.jitter
+            )));
+        }
+        let (l, d, r) = (self.lease_duration, self.renew_deadline, self.retry_period);
+        if r >= d {
+            return Err(Error::config(format!(
+                "retry_period ({r:?}) must be shorter than renew_deadline ({d:?})"
+            )));
+        }
+        if r.mul_f64(self.jitter) >= d {
+            return Err(Error::config(format!(
+                "renew_deadline ({d:?}) must be longer than retry_period × jitter ({r:?} × {})",
+                self.jitter
+            )));
+        }
+        if d >= l {
+            return Err(Error::config(format!(
+                "renew_deadline ({d:?}) must be shorter than lease_duration ({l:?})"
+            )));
+        }
+        if let Some(t) = self.call_timeout {
+            let max = r.min(l - d);
+            if t.is_zero() {
+                return Err(Error::config("call_timeout must be positive"));
+            }
+            if t > max {
+                return Err(Error::config(format!(
+                    "call_timeout ({t:?}) must be at most min(retry_period, lease_duration − renew_deadline) ({max:?})"
+                )));
+            }
+        }
+        if self.identity.is_empty() {
+            return Err(Error::config("identity must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+/// A fresh identity: `hostname_pid_suffix`, unique per call (seed 001's instance identity).
+pub fn default_identity() -> String {
+    use rand::Rng;
+    let host = gethostname::gethostname();
+    let host = host.to_string_lossy();
+    let host = if host.is_empty() { "localhost" } else { &host };
+    let suffix: u32 = rand::thread_rng().gen();
+    format!("{host}_{}_{suffix:08x}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn defaults_are_valid_and_kubernetes_like() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.lease_duration, ms(15_000));
+        assert_eq!(c.renew_deadline, ms(10_000));
+        assert_eq!(c.retry_period, ms(2_000));
+        assert_eq!(c.effective_call_timeout(), ms(2_000));
+    }
+
+    #[test]
+    fn identities_are_unique() {
+        assert_ne!(default_identity(), default_identity());
+        assert!(default_identity().contains(&std::process::id().to_string()));
+    }
+
+    #[test]
+    fn validation_table() {
+        let base = Config::default();
+        let cases: Vec<(Config, &str)> = vec![
+            (base.clone().lease_duration(ms(0)), "lease_duration must be positive"),
+            (base.clone().renew_deadline(ms(0)), "renew_deadline must be positive"),
+            (base.clone().retry_period(ms(0)), "retry_period must be positive"),
+            (
+                base.clone().lease_duration(Duration::from_secs(8 * 24 * 3600)),
+                "lease_duration (691200s) must be at most",
+            ),
+            (base.clone().jitter(f64::NAN), "jitter (NaN) must be a finite"),
+            (base.clone().jitter(-1.0), "jitter (-1) must be a finite"),
+            (
+                base.clone().lease_duration(ms(5_000)),
+                "renew_deadline (10s) must be shorter than lease_duration (5s)",
+            ),
+            (
+                base.clone().retry_period(ms(10_000)),
+                "retry_period (10s) must be shorter than renew_deadline (10s)",
+            ),
+            (
+                base.clone().retry_period(ms(9_000)),
+                "renew_deadline (10s) must be longer than retry_period × jitter (9s × 1.2)",
+            ),
+            (base.clone().call_timeout(ms(0)), "call_timeout must be positive"),
+            (
+                base.clone().call_timeout(ms(2_001)),
+                "call_timeout (2.001s) must be at most min(retry_period, lease_duration − renew_deadline) (2s)",
+            ),
+            (base.clone().identity(""), "identity must not be empty"),
+        ];
+        for (cfg, want) in cases {
+            match cfg.validate() {
+                Err(Error::Config { rule }) => {
+                    assert!(rule.starts_with(want), "got {rule:?}, want {want:?}")
+                }
+                other => panic!("{cfg:?}: expected a config error {want:?}, got {other:?}"),
+            }
+        }
+        // Edges that are fine.
+        base.clone().jitter(0.0).validate().unwrap();
+        base.clone().call_timeout(ms(2_000)).validate().unwrap();
+        base.drain_timeout(ms(0)).validate().unwrap();
+    }
+}

@@ -1,0 +1,171 @@
+//! The crate's error type: semantic variants, with the backend's own error as `source`.
+
+use std::time::Duration;
+
+/// A boxed backend error kept as the `source` of an [`Error`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `Result` with tenure's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in tenure, by meaning rather than by backend.
+///
+/// Variants name *what* happened; the backend's own error, when there is one, is kept as the
+/// [`source`](std::error::Error::source). Match on the variant, log the chain.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A setting is invalid; `rule` says which rule was broken and with which values.
+    #[error("invalid configuration: {rule}")]
+    Config {
+        /// The broken rule, for example "renew_deadline (10s) must be shorter than
+        /// lease_duration (5s)".
+        rule: String,
+    },
+
+    /// A compare-and-swap update failed: the stored version is not the expected one (or the
+    /// record no longer exists).
+    #[error("{store}: conflicting update of {name:?}: the record changed since it was read")]
+    Conflict {
+        /// The store that refused the write.
+        store: &'static str,
+        /// The election or lock name.
+        name: String,
+    },
+
+    /// A create failed because a record already exists.
+    #[error("{store}: {name:?} already exists")]
+    AlreadyExists {
+        /// The store that refused the write.
+        store: &'static str,
+        /// The election or lock name.
+        name: String,
+    },
+
+    /// A remote call did not finish within its deadline.
+    #[error("{store}: {operation} of {name:?} timed out after {after:?}")]
+    Timeout {
+        /// The store that was called.
+        store: &'static str,
+        /// The operation, for example `"get"` or `"put"`.
+        operation: &'static str,
+        /// The election or lock name.
+        name: String,
+        /// The deadline that elapsed.
+        after: Duration,
+    },
+
+    /// The store refused the call for lack of permission (bad credentials, RBAC, ACL, file mode).
+    #[error("{store}: permission denied for {operation} of {name:?}")]
+    PermissionDenied {
+        /// The store that refused the call.
+        store: &'static str,
+        /// The operation that was refused.
+        operation: &'static str,
+        /// The election or lock name.
+        name: String,
+        /// The backend's own error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The stored record could not be decoded: it is not a tenure record. It is left untouched.
+    #[error("{store}: the record at {key:?} is not a tenure lease record")]
+    Decode {
+        /// The store holding the record.
+        store: &'static str,
+        /// The store's own key or path of the record.
+        key: String,
+        /// Why decoding failed.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The name cannot be held by this store (too long, forbidden characters, empty).
+    #[error("{store}: invalid name {name:?}: {reason}")]
+    InvalidName {
+        /// The store that cannot hold the name.
+        store: &'static str,
+        /// The name as given.
+        name: String,
+        /// Why it cannot be held.
+        reason: String,
+    },
+
+    /// The store cannot be reached (connection refused, path missing, server down).
+    #[error("{store}: unavailable")]
+    Unavailable {
+        /// The store that could not be reached.
+        store: &'static str,
+        /// The backend's own error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The store does not support this operation.
+    #[error("{store}: {operation} is not supported")]
+    Unsupported {
+        /// The store.
+        store: &'static str,
+        /// The unsupported operation.
+        operation: &'static str,
+    },
+
+    /// Any other backend failure.
+    #[error("{store}: backend error")]
+    Backend {
+        /// The store.
+        store: &'static str,
+        /// The backend's own error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl Error {
+    /// Builds an [`Error::Config`].
+    pub fn config(rule: impl Into<String>) -> Self {
+        Error::Config { rule: rule.into() }
+    }
+
+    /// Whether retrying the same call later may succeed (timeouts, unavailability, conflicts,
+    /// transient backend errors). Permission, decoding, naming and configuration errors are
+    /// final: the elector reports them instead of retrying forever.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Conflict { .. }
+                | Error::AlreadyExists { .. }
+                | Error::Timeout { .. }
+                | Error::Unavailable { .. }
+                | Error::Backend { .. }
+        )
+    }
+
+    /// Whether this is an [`Error::Conflict`] or [`Error::AlreadyExists`]: somebody else wrote
+    /// first.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Conflict { .. } | Error::AlreadyExists { .. })
+    }
+}
+
+/// Runs `fut` under `after`, mapping an elapsed deadline to [`Error::Timeout`].
+///
+/// Every store uses this around each remote call.
+pub async fn with_timeout<T>(
+    store: &'static str,
+    operation: &'static str,
+    name: &str,
+    after: Duration,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(after, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Timeout {
+            store,
+            operation,
+            name: name.to_owned(),
+            after,
+        }),
+    }
+}

@@ -1,0 +1,30 @@
+//! # tenure
+//!
+//! Leader election and distributed locks for Rust services, Kubernetes-style, over the
+//! coordination stores you already run.
+//!
+//! See the README for the quick start, the timing semantics and the backends.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod elector;
+mod error;
+#[cfg(feature = "file")]
+pub mod file;
+mod memory;
+mod record;
+mod store;
+mod term;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use elector::{
+    Builder, Config, Leader, LeaderElector, LeaderHandle, LeaderState, LostReason, StopReason,
+};
+pub use error::{with_timeout, BoxError, Error, Result};
+pub use memory::MemoryStore;
+pub use record::LeaseRecord;
+pub use store::{LeaseStore, PutMode, Version, WatchStream};
+pub use term::Term;
