@@ -1,1 +1,334 @@
+//! A test kit for failover: [`FaultyStore`] wraps any store and injects latency, errors,
+//! partitions and lost responses, so you can test your own leader code against them.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! use std::time::Duration;
+//! use tenure::testing::{Fault, FaultyStore};
+//! use tenure::{LeaseStore, MemoryStore};
+//!
+//! let store = FaultyStore::new(MemoryStore::new());
+//! let faults = store.faults();
+//! faults.fail_next(1, Fault::Unavailable);
+//! assert!(store.get("job").await.is_err());
+//! assert!(store.get("job").await.is_ok());
+//!
+//! faults.partition(); // calls now hang until healed: the caller's timeout fires
+//! let r = tokio::time::timeout(Duration::from_secs(1), store.get("job")).await;
+//! assert!(r.is_err());
+//! faults.heal();
+//! # }
+//! ```
 
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::record::LeaseRecord;
+use crate::store::{LeaseStore, PutMode, Version, WatchStream};
+
+/// An error a [`FaultyStore`] can inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// [`Error::Unavailable`].
+    Unavailable,
+    /// [`Error::Timeout`], returned at once.
+    Timeout,
+    /// [`Error::PermissionDenied`].
+    PermissionDenied,
+    /// [`Error::Backend`].
+    Backend,
+}
+
+/// How many calls a [`FaultyStore`] has forwarded or refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Calls {
+    /// `get` calls.
+    pub gets: u64,
+    /// `put` calls.
+    pub puts: u64,
+    /// `delete` calls.
+    pub deletes: u64,
+}
+
+#[derive(Default)]
+struct State {
+    latency: Duration,
+    queued: VecDeque<Fault>,
+    lose_write_responses: u64,
+    calls: Calls,
+}
+
+/// The switches of a [`FaultyStore`]; clones control the same store.
+#[derive(Clone)]
+pub struct Faults {
+    state: Arc<Mutex<State>>,
+    partitioned: Arc<watch::Sender<bool>>,
+}
+
+impl fmt::Debug for Faults {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Faults")
+            .field("partitioned", &*self.partitioned.borrow())
+            .finish()
+    }
+}
+
+impl Faults {
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Delays every call by `d` (zero: no delay).
+    pub fn set_latency(&self, d: Duration) {
+        self.with(|s| s.latency = d)
+    }
+
+    /// Makes the next `n` calls fail with `fault`, without reaching the store.
+    pub fn fail_next(&self, n: usize, fault: Fault) {
+        self.with(|s| s.queued.extend(std::iter::repeat_n(fault, n)))
+    }
+
+    /// Makes the next `n` successful writes (`put`, `delete`) reach the store and then report
+    /// [`Error::Timeout`]: the write happened, the caller cannot know.
+    pub fn lose_next_write_responses(&self, n: u64) {
+        self.with(|s| s.lose_write_responses += n)
+    }
+
+    /// Cuts the store off: every call hangs (until the caller's timeout or [`heal`](Self::heal))
+    /// and watches fall silent.
+    pub fn partition(&self) {
+        self.partitioned.send_replace(true);
+    }
+
+    /// Ends a partition; hanging calls proceed, watches yield once.
+    pub fn heal(&self) {
+        self.partitioned.send_replace(false);
+    }
+
+    /// Whether the store is cut off.
+    pub fn is_partitioned(&self) -> bool {
+        *self.partitioned.borrow()
+    }
+
+    /// Calls made so far.
+    pub fn calls(&self) -> Calls {
+        self.with(|s| s.calls)
+    }
+
+    /// Removes every injected fault, latency and partition.
+    pub fn clear(&self) {
+        self.with(|s| {
+            s.latency = Duration::ZERO;
+            s.queued.clear();
+            s.lose_write_responses = 0;
+        });
+        self.heal();
+    }
+
+    async fn wait_connected(&self) {
+        let mut rx = self.partitioned.subscribe();
+        // The sender lives as long as `self`, so `wait_for` cannot fail here.
+        let _ = rx.wait_for(|p| !*p).await;
+    }
+}
+
+/// A [`LeaseStore`] wrapper that injects faults; see the [module docs](self).
+#[derive(Clone)]
+pub struct FaultyStore<S> {
+    inner: S,
+    faults: Faults,
+}
+
+impl<S: LeaseStore> FaultyStore<S> {
+    /// Wraps `inner`, initially without faults.
+    pub fn new(inner: S) -> Self {
+        FaultyStore {
+            inner,
+            faults: Faults {
+                state: Arc::default(),
+                partitioned: Arc::new(watch::channel(false).0),
+            },
+        }
+    }
+
+    /// The switches.
+    pub fn faults(&self) -> Faults {
+        self.faults.clone()
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    async fn before(&self, op: &'static str, name: &str) -> Result<()> {
+        let (latency, fault) = self.faults.with(|s| {
+            match op {
+                "get" => s.calls.gets += 1,
+                "put" => s.calls.puts += 1,
+                _ => s.calls.deletes += 1,
+            }
+            (s.latency, s.queued.pop_front())
+        });
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        self.faults.wait_connected().await;
+        match fault {
+            None => Ok(()),
+            Some(f) => Err(self.error(f, op, name)),
+        }
+    }
+
+    fn after_write<T>(&self, op: &'static str, name: &str, r: Result<T>) -> Result<T> {
+        if r.is_ok() {
+            let lose = self.faults.with(|s| {
+                let lose = s.lose_write_responses > 0;
+                s.lose_write_responses = s.lose_write_responses.saturating_sub(1);
+                lose
+            });
+            if lose {
+                return Err(self.error(Fault::Timeout, op, name));
+            }
+        }
+        r
+    }
+
+    fn error(&self, fault: Fault, operation: &'static str, name: &str) -> Error {
+        let store = self.inner.kind();
+        let source = || format!("injected {fault:?}").into();
+        match fault {
+            Fault::Unavailable => Error::Unavailable {
+                store,
+                source: source(),
+            },
+            Fault::Timeout => Error::Timeout {
+                store,
+                operation,
+                name: name.to_owned(),
+                after: Duration::ZERO,
+            },
+            Fault::PermissionDenied => Error::PermissionDenied {
+                store,
+                operation,
+                name: name.to_owned(),
+                source: source(),
+            },
+            Fault::Backend => Error::Backend {
+                store,
+                source: source(),
+            },
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<S: LeaseStore> LeaseStore for FaultyStore<S> {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<(LeaseRecord, Version)>> {
+        self.before("get", name).await?;
+        self.inner.get(name).await
+    }
+
+    async fn put(&self, name: &str, record: &LeaseRecord, mode: PutMode) -> Result<Version> {
+        self.before("put", name).await?;
+        let r = self.inner.put(name, record, mode).await;
+        self.after_write("put", name, r)
+    }
+
+    fn watch(&self, name: &str) -> Option<WatchStream> {
+        let inner = self.inner.watch(name)?;
+        let faults = self.faults.clone();
+        // While partitioned, events are held back; on healing, one event is delivered.
+        let s = futures_util::stream::unfold((inner, faults), |(mut inner, faults)| async move {
+            let item = inner.next().await?;
+            if faults.is_partitioned() {
+                faults.wait_connected().await;
+            }
+            Some((item, (inner, faults)))
+        });
+        Some(s.boxed())
+    }
+
+    async fn delete(&self, name: &str, version: &Version) -> Result<()> {
+        self.before("delete", name).await?;
+        let r = self.inner.delete(name, version).await;
+        self.after_write("delete", name, r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryStore;
+
+    #[tokio::test(start_paused = true)]
+    async fn lost_response_still_applies_the_write() {
+        let store = FaultyStore::new(MemoryStore::new());
+        store.faults().lose_next_write_responses(1);
+        let rec = LeaseRecord::held_by("a", Duration::from_secs(1), 1);
+        assert!(matches!(
+            store.put("x", &rec, PutMode::Create).await,
+            Err(Error::Timeout { .. })
+        ));
+        assert!(store.get("x").await.unwrap().is_some());
+        assert_eq!(
+            store.faults().calls(),
+            Calls {
+                gets: 1,
+                puts: 1,
+                deletes: 0
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn latency_delays_and_faults_are_typed() {
+        let store = FaultyStore::new(MemoryStore::new());
+        let f = store.faults();
+        f.set_latency(Duration::from_millis(300));
+        let t0 = tokio::time::Instant::now();
+        store.get("x").await.unwrap();
+        assert!(t0.elapsed() >= Duration::from_millis(300));
+        f.clear();
+        f.fail_next(1, Fault::PermissionDenied);
+        assert!(matches!(
+            store.get("x").await,
+            Err(Error::PermissionDenied { .. })
+        ));
+        f.fail_next(1, Fault::Backend);
+        assert!(matches!(store.get("x").await, Err(Error::Backend { .. })));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn partition_silences_the_watch_until_healed() {
+        let store = FaultyStore::new(MemoryStore::new());
+        let mut w = store.watch("x").unwrap();
+        store.faults().partition();
+        store
+            .inner()
+            .put(
+                "x",
+                &LeaseRecord::held_by("a", Duration::from_secs(1), 1),
+                PutMode::Create,
+            )
+            .await
+            .unwrap();
+        let silent = tokio::time::timeout(Duration::from_secs(5), w.next()).await;
+        assert!(silent.is_err(), "a partitioned watch must not yield");
+        store.faults().heal();
+        let healed = tokio::time::timeout(Duration::from_secs(5), w.next()).await;
+        assert!(matches!(healed, Ok(Some(Ok(())))));
+    }
+}
