@@ -34,7 +34,12 @@ struct Candidate {
     task: JoinHandle<tenure::Result<()>>,
 }
 
-fn spawn<S: LeaseStore>(store: S, name: &str, id: usize, started: mpsc::UnboundedSender<(usize, Instant)>) -> Result<Candidate, Error> {
+fn spawn<S: LeaseStore>(
+    store: S,
+    name: &str,
+    id: usize,
+    started: mpsc::UnboundedSender<(usize, Instant)>,
+) -> Result<Candidate, Error> {
     let elector = LeaderElector::builder(store, name)
         .identity(format!("c{id}"))
         .lease_duration(L)
@@ -52,13 +57,21 @@ fn spawn<S: LeaseStore>(store: S, name: &str, id: usize, started: mpsc::Unbounde
             })
             .await
     });
-    Ok(Candidate { handle, shutdown, task })
+    Ok(Candidate {
+        handle,
+        shutdown,
+        task,
+    })
 }
 
 /// Waits until the candidate has read the record and follows somebody.
 async fn following(c: &Candidate) -> Result<(), Error> {
     let mut rx = c.handle.state();
-    timeout(L * 10, rx.wait_for(|s| matches!(s, LeaderState::Following(_)))).await??;
+    timeout(
+        L * 10,
+        rx.wait_for(|s| matches!(s, LeaderState::Following(_))),
+    )
+    .await??;
     Ok(())
 }
 
@@ -133,11 +146,27 @@ async fn main() -> Result<(), Error> {
     println!("| store  | scenario         | trials | p50 (ms)  | p99 (ms)  | max (ms)  |");
     println!("|--------|------------------|--------|-----------|-----------|-----------|");
     let m = || Ok(memory.clone());
-    row("memory", "graceful handoff", scenario(m, "g", trials, false, settle_none).await?);
-    row("memory", "crash failover", scenario(m, "c", trials, true, settle_crash).await?);
+    row(
+        "memory",
+        "graceful handoff",
+        scenario(m, "g", trials, false, settle_none).await?,
+    );
+    row(
+        "memory",
+        "crash failover",
+        scenario(m, "c", trials, true, settle_crash).await?,
+    );
     let f = || Ok(FileStore::open(&dir)?);
-    row("file", "graceful handoff", scenario(f, "g", trials, false, settle_none).await?);
-    row("file", "crash failover", scenario(f, "c", trials, true, settle_crash).await?);
+    row(
+        "file",
+        "graceful handoff",
+        scenario(f, "g", trials, false, settle_none).await?,
+    );
+    row(
+        "file",
+        "crash failover",
+        scenario(f, "c", trials, true, settle_crash).await?,
+    );
     let _ = std::fs::remove_dir_all(&dir);
     println!("\ncrash failover is bounded below by L − R = {:?} (the last renewal before the crash) and above by L plus wake-up latency", L - R);
     Ok(())

@@ -121,7 +121,10 @@ impl Candidates {
 async fn demo() -> Result<(), Error> {
     let dir = std::env::temp_dir().join(format!("tenure-quickstart-{}", std::process::id()));
     let store = FileStore::create(&dir)?;
-    println!("tenure quickstart: 3 candidates elect through {}", store.dir().display());
+    println!(
+        "tenure quickstart: 3 candidates elect through {}",
+        store.dir().display()
+    );
     println!("  lease duration L = {L:?}, renew deadline D = {D:?}, retry period R = {R:?}\n");
 
     let exe = std::env::current_exe()?;
@@ -158,7 +161,10 @@ async fn demo() -> Result<(), Error> {
     let (first, token1, _) = cs.next_leader().await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    println!("\n2. Graceful handoff: SIGTERM to {} (drain, release)", cs.ids[first]);
+    println!(
+        "\n2. Graceful handoff: SIGTERM to {} (drain, release)",
+        cs.ids[first]
+    );
     let sent = Instant::now();
     cs.sigterm(first)?;
     let (second, token2, at) = cs.next_leader().await?;
@@ -166,7 +172,10 @@ async fn demo() -> Result<(), Error> {
     println!("  handoff took {:.1} ms (no wait for expiry)", ms(handoff));
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    println!("\n3. Crash failover: SIGKILL to {} (no release)", cs.ids[second]);
+    println!(
+        "\n3. Crash failover: SIGKILL to {} (no release)",
+        cs.ids[second]
+    );
     let killed = Instant::now();
     cs.children[second].start_kill()?;
     let (third, token3, at) = cs.next_leader().await?;
@@ -197,7 +206,11 @@ async fn demo() -> Result<(), Error> {
     println!("\nSummary");
     println!("  fencing tokens, one per term:   {token1} < {token2} < {token3}");
     println!("  graceful handoff (SIGTERM):     {:>7.1} ms", ms(handoff));
-    println!("  crash failover (SIGKILL):       {:>7.1} ms   (L = {} ms)", ms(failover), L.as_millis());
+    println!(
+        "  crash failover (SIGKILL):       {:>7.1} ms   (L = {} ms)",
+        ms(failover),
+        L.as_millis()
+    );
     if !(token1 < token2 && token2 < token3) {
         return Err("fencing tokens did not increase".into());
     }

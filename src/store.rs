@@ -59,7 +59,7 @@ pub type WatchStream = BoxStream<'static, Result<()>>;
 
 /// A linearizable compare-and-swap register holding one [`LeaseRecord`] per name.
 ///
-/// This is all the [`LeaderElector`](crate::LeaderElector) and [`Mutex`](crate::lock) need from a
+/// This is all the [`LeaderElector`](crate::LeaderElector) and `Mutex` need from a
 /// coordination service. Implement it and run the conformance suite
 /// (`tenure::conformance`, feature `conformance`) against a real server.
 ///
