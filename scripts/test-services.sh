@@ -30,12 +30,82 @@ started() { echo "$1" >>"$state/pids"; }
 
 export_var() { echo "export $1=$(printf '%q' "$2")" >>"$state/env"; }
 
+# Installs Debian packages that are missing (needs root, as on CI).
+apt_install() {
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing ${missing[*]}"
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >"$cache/apt.log" 2>&1; then
+    apt-get update >>"$cache/apt.log" 2>&1
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >>"$cache/apt.log" 2>&1
+  fi
+}
+
+# A private apt configuration for bullseye (Consul, Go 1.15) and bookworm sources, leaving the
+# system's sources untouched. Sets $APT_OPTS.
+private_apt() {
+  local c=$cache/apt
+  mkdir -p "$c/lists/partial"
+  local uri
+  uri=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  uri=${uri:-http://deb.debian.org/debian}
+  {
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $uri bullseye main"
+    echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $uri bookworm main"
+  } >"$c/sources.list"
+  APT_OPTS=(-o "Dir::Etc::sourcelist=$c/sources.list" -o "Dir::Etc::sourceparts=-"
+    -o "Dir::State::Lists=$c/lists" -o "Dir::Cache::pkgcache=" -o "Dir::Cache::srcpkgcache=")
+  if [ ! -f "$c/lists/.updated" ]; then
+    apt-get "${APT_OPTS[@]}" update >"$c/update.log" 2>&1
+    touch "$c/lists/.updated"
+  fi
+}
+
+# kube-apiserver 1.20.2 built from Debian bookworm's kubernetes source package with Go 1.15
+# (see shared/services.md). Cached: built once per machine, 6 to 12 minutes on 2 cores.
+# Prints the binary's path.
+ensure_kube_apiserver() {
+  local k=$cache/kubernetes
+  local bin=$k/bin/kube-apiserver
+  if [ -x "$bin" ]; then echo "$bin"; return 0; fi
+  apt_install rsync jq make dpkg-dev etcd-server openssl
+  private_apt
+  mkdir -p "$k/dl" "$k/bin"
+  (
+    set -e
+    cd "$k/dl"
+    if [ ! -x "$k/go115/usr/lib/go-1.15/bin/go" ]; then
+      apt-get "${APT_OPTS[@]}" download golang-1.15-go golang-1.15-src >&2
+      for f in golang-1.15-*.deb; do dpkg-deb -x "$f" "$k/go115"; done
+    fi
+    if [ ! -d "$k/dl/kubernetes-1.20.2" ]; then
+      apt-get "${APT_OPTS[@]}" source --download-only kubernetes=1.20.5+really1.20.2-1.1+deb12u1 >&2
+      tar xzf kubernetes_1.20.5+really1.20.2.orig.tar.gz
+    fi
+    export GOROOT=$k/go115/usr/lib/go-1.15
+    export PATH=$GOROOT/bin:$PATH GOPATH=$k/gopath GOPROXY=off GOFLAGS= CGO_ENABLED=0
+    mkdir -p "$GOPATH/src/k8s.io"
+    ln -sfn "$k/dl/kubernetes-1.20.2" "$GOPATH/src/k8s.io/kubernetes"
+    cd "$GOPATH/src/k8s.io/kubernetes"
+    log "building kube-apiserver 1.20.2 with $(go version) (cached afterwards; 6-12 minutes)"
+    KUBE_BUILD_PLATFORMS=linux/amd64 make WHAT=cmd/kube-apiserver >"$k/build.log" 2>&1
+    cp _output/bin/kube-apiserver "$bin.tmp" && mv "$bin.tmp" "$bin"
+    # client-go's own example elector, for the interoperability test.
+    GO111MODULE=off go build -o "$k/bin/client-go-leader-election" ./vendor/k8s.io/client-go/examples/leader-election >>"$k/build.log" 2>&1
+  ) >&2
+  echo "$bin"
+}
+
 case "$cmd" in
   start)
     : >"$state/env"
     : >"$state/pids"
     export_var TENURE_TEST_STATE "$state"
     log "no backend needs a server yet (memory and file stores are in-process)"
+    ;;
+  build-kube)
+    ensure_kube_apiserver
     ;;
   stop)
     if [ -f "$state/pids" ]; then

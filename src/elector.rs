@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, Instant};
 use tracing::{debug, info, warn};
 
-pub use self::config::{default_identity, Config, MAX_DURATION};
+pub use self::config::{default_identity, Backoff, Config, MAX_DURATION};
 pub use self::handle::{Leader, LeaderHandle, LeaderState};
 use self::state::{decide, next_record, vacated, Decision, Observed};
 use crate::error::{with_timeout, Error, Result};
@@ -62,6 +62,30 @@ pub enum LostReason {
         /// The error, as text; `run` returns the error itself.
         error: String,
     },
+}
+
+impl std::fmt::Display for LostReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LostReason::RenewDeadlineExceeded {
+                last_error: Some(e),
+            } => {
+                write!(
+                    f,
+                    "no renewal succeeded within the renew deadline (last error: {e})"
+                )
+            }
+            LostReason::RenewDeadlineExceeded { last_error: None } => {
+                f.write_str("no renewal succeeded within the renew deadline (store unreachable)")
+            }
+            LostReason::TakenOver { holder: Some(h) } => {
+                write!(f, "taken by another holder, {h:?}")
+            }
+            LostReason::TakenOver { holder: None } => f.write_str("vacated by somebody else"),
+            LostReason::Deleted => f.write_str("the record was deleted"),
+            LostReason::StoreError { error } => write!(f, "the store refused the renewal: {error}"),
+        }
+    }
 }
 
 type NewLeaderFn = Arc<dyn Fn(Option<&Leader>) + Send + Sync>;
@@ -360,6 +384,14 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
         r + r.mul_f64(self.cfg().jitter * f)
     }
 
+    /// The pause before campaign attempt `attempt` (1-based).
+    fn retry_delay(&self, attempt: u32) -> Duration {
+        match &self.cfg().backoff {
+            Some(b) => b.jittered(attempt.saturating_sub(1)),
+            None => self.jittered_retry(),
+        }
+    }
+
     async fn run<F, Fut>(&mut self, mut work: BoxedWork<'_, F>) -> Result<()>
     where
         F: FnMut(Term) -> Fut + Send,
@@ -415,17 +447,19 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
     /// send time of the winning write — or shutdown is requested (`None`).
     async fn campaign(&mut self, campaigning: bool) -> Result<Option<Instant>> {
         let el = self.el;
+        let mut attempt: u32 = 0;
         loop {
             if self.shutdown.fired {
                 return Ok(None);
             }
+            attempt = attempt.saturating_add(1);
             if let Err(e) = self.read().await {
-                if !e.is_retryable() {
+                if !e.is_retryable() || (campaigning && self.cfg().single_attempt) {
                     self.publish(None);
                     return Err(e);
                 }
                 warn!(election = %el.name, error = %e, "reading the lease failed; retrying");
-                let pause = self.jittered_retry();
+                let pause = self.retry_delay(attempt);
                 if self.pause(Some(pause), None).await {
                     return Ok(None);
                 }
@@ -439,12 +473,16 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
                 None,
             );
             let expires_at = match decision {
+                Decision::Follow { .. } if campaigning && self.cfg().single_attempt => {
+                    return Ok(None)
+                }
                 Decision::Follow { expires_at, .. } => Some(expires_at),
                 Decision::Create | Decision::Acquire if campaigning => {
                     match self.try_acquire(&decision).await {
                         Ok(Some(sent)) => return Ok(Some(sent)),
+                        Ok(None) if self.cfg().single_attempt => return Ok(None),
                         Ok(None) => continue, // somebody wrote first: re-read at once
-                        Err(e) if !e.is_retryable() => return Err(e),
+                        Err(e) if !e.is_retryable() || self.cfg().single_attempt => return Err(e),
                         Err(e) => {
                             warn!(election = %el.name, error = %e, "acquiring the lease failed; retrying");
                             None
@@ -453,10 +491,12 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
                 }
                 _ => None,
             };
-            // With a watch, changes wake us; without one, poll every jittered R. Either way,
-            // wake at the observed expiry.
+            // With a watch, changes wake us; without one, poll every jittered R (or on the
+            // configured backoff, which also applies with a watch). Either way, wake at the
+            // observed expiry.
             let poll =
-                (!self.wakeups.supported || expires_at.is_none()).then(|| self.jittered_retry());
+                (self.cfg().backoff.is_some() || !self.wakeups.supported || expires_at.is_none())
+                    .then(|| self.retry_delay(attempt));
             if self.pause(poll, expires_at).await {
                 return Ok(None);
             }
@@ -579,6 +619,7 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
                     let budget = self.call_timeout.min(deadline.saturating_duration_since(sent));
                     match self.renew(budget).await {
                         Ok(()) => {
+                            term.set_renew_failures(0);
                             last_ok_sent = sent;
                             last_error = None;
                             term.set_valid_until(sent + cfg.renew_deadline);
@@ -590,6 +631,7 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
                                 Ok(None) => next_renew = Instant::now(),
                                 Ok(Some(reason)) => return self.lost(&term, task, reason, None).await,
                                 Err(e) => {
+                                    term.set_renew_failures(term.renew_failures().saturating_add(1));
                                     last_error = Some(e.to_string());
                                     next_renew = sent + cfg.retry_period;
                                 }
@@ -600,6 +642,7 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
                             return self.lost(&term, task, reason, Some(e)).await;
                         }
                         Err(e) => {
+                            term.set_renew_failures(term.renew_failures().saturating_add(1));
                             warn!(election = %el.name, error = %e, "renewal failed");
                             last_error = Some(e.to_string());
                             next_renew = sent + cfg.retry_period;

@@ -13,6 +13,7 @@ pub mod elector;
 mod error;
 #[cfg(feature = "file")]
 pub mod file;
+pub mod lock;
 mod memory;
 mod record;
 mod store;
@@ -21,7 +22,8 @@ mod term;
 pub mod testing;
 
 pub use elector::{
-    Builder, Config, Leader, LeaderElector, LeaderHandle, LeaderState, LostReason, StopReason,
+    Backoff, Builder, Config, Leader, LeaderElector, LeaderHandle, LeaderState, LostReason,
+    StopReason,
 };
 pub use error::{with_timeout, BoxError, Error, Result};
 pub use memory::MemoryStore;

@@ -1,6 +1,7 @@
 //! [`Term`]: one period of leadership, with its cancellation token and fencing token.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::time::Instant;
@@ -38,6 +39,7 @@ struct Inner {
     started_at: Instant,
     token: CancellationToken,
     valid_until: Mutex<Instant>,
+    renew_failures: AtomicU32,
 }
 
 impl Term {
@@ -56,6 +58,7 @@ impl Term {
                 started_at,
                 token: CancellationToken::new(),
                 valid_until: Mutex::new(valid_until),
+                renew_failures: AtomicU32::new(0),
             }),
         }
     }
@@ -112,6 +115,15 @@ impl Term {
     /// Whether the term has ended.
     pub fn is_cancelled(&self) -> bool {
         self.inner.token.is_cancelled()
+    }
+
+    /// How many renewals in a row have failed (0 after a success).
+    pub fn renew_failures(&self) -> u32 {
+        self.inner.renew_failures.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_renew_failures(&self, n: u32) {
+        self.inner.renew_failures.store(n, Ordering::Relaxed)
     }
 
     pub(crate) fn set_valid_until(&self, t: Instant) {

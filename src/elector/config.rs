@@ -42,6 +42,81 @@ pub struct Config {
     pub recampaign: bool,
     /// A value published with the lease while leading, for example this replica's address.
     pub value: Option<String>,
+    /// How waiting candidates space their attempts. `None` (the default): a jittered retry
+    /// period, woken by the store's watch and the observed expiry (client-go). `Some`: an
+    /// exponential [`Backoff`] (seed 001's lock), still woken early by the watch.
+    pub backoff: Option<Backoff>,
+    /// Give up (return without leading) at the first sign that somebody else holds the lease,
+    /// instead of waiting: `Mutex::try_lock`.
+    pub(crate) single_attempt: bool,
+}
+
+/// Exponential backoff between attempts while waiting: `min × multiplier^n`, capped at `max`,
+/// each delay jittered to `[d/2, d]`. Seed 001's `backoff_min` / `backoff_max` /
+/// `backoff_multiplier`, with its validation rules.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    /// The first delay. Seed 001's default: 5 s; tenure's: 100 ms, since the watch does the
+    /// waking.
+    pub min: Duration,
+    /// The largest delay (at least `min`). Default 5 s... capped by the lease duration in use.
+    pub max: Duration,
+    /// Growth factor per attempt (at least 0; seed 001's default 1.5).
+    pub multiplier: f64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+            multiplier: 1.5,
+        }
+    }
+}
+
+impl Backoff {
+    /// Checks seed 001's rules: `min ≥ 0`, `max ≥ min`, `multiplier ≥ 0` and finite.
+    pub fn validate(&self) -> Result<()> {
+        if self.max < self.min {
+            return Err(Error::config(format!(
+                "backoff_max ({:?}) must be at least backoff_min ({:?})",
+                self.max, self.min
+            )));
+        }
+        if self.max > MAX_DURATION {
+            return Err(Error::config(format!(
+                "backoff_max ({:?}) must be at most {MAX_DURATION:?}",
+                self.max
+            )));
+        }
+        if !self.multiplier.is_finite() || self.multiplier < 0.0 {
+            return Err(Error::config(format!(
+                "backoff_multiplier ({}) must be a finite number of at least 0",
+                self.multiplier
+            )));
+        }
+        Ok(())
+    }
+
+    /// The un-jittered delay before attempt `n` (0-based): `min × multiplier^n`, capped at
+    /// `max`.
+    pub fn delay(&self, n: u32) -> Duration {
+        let f = self.multiplier.powi(n.min(1000) as i32);
+        let secs = (self.min.as_secs_f64() * f).min(self.max.as_secs_f64());
+        if secs.is_finite() && secs >= 0.0 {
+            Duration::from_secs_f64(secs).max(self.min.min(self.max))
+        } else {
+            self.max
+        }
+    }
+
+    /// [`delay`](Self::delay) jittered to `[d/2, d]`.
+    pub fn jittered(&self, n: u32) -> Duration {
+        use rand::Rng;
+        let d = self.delay(n);
+        d / 2 + d.mul_f64(0.5 * rand::thread_rng().gen_range(0.0..=1.0))
+    }
 }
 
 impl Default for Config {
@@ -57,6 +132,8 @@ impl Default for Config {
             release_on_shutdown: true,
             recampaign: true,
             value: None,
+            backoff: None,
+            single_attempt: false,
         }
     }
 }
@@ -120,6 +197,13 @@ impl Config {
     #[must_use]
     pub fn value(mut self, value: impl Into<String>) -> Self {
         self.value = Some(value.into());
+        self
+    }
+
+    /// Sets [`backoff`](Self::backoff).
+    #[must_use]
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = Some(backoff);
         self
     }
 
@@ -190,6 +274,9 @@ impl Config {
                     "call_timeout ({t:?}) must be at most min(retry_period, lease_duration − renew_deadline) ({max:?})"
                 )));
             }
+        }
+        if let Some(b) = &self.backoff {
+            b.validate()?;
         }
         if self.identity.is_empty() {
             return Err(Error::config("identity must not be empty"));
@@ -275,6 +362,49 @@ mod tests {
         // Edges that are fine.
         base.clone().jitter(0.0).validate().unwrap();
         base.clone().call_timeout(ms(2_000)).validate().unwrap();
-        base.drain_timeout(ms(0)).validate().unwrap();
+        base.clone().drain_timeout(ms(0)).validate().unwrap();
+        let b = |min, max, m| {
+            base.clone()
+                .backoff(Backoff {
+                    min: ms(min),
+                    max: ms(max),
+                    multiplier: m,
+                })
+                .validate()
+        };
+        assert!(
+            matches!(b(10, 5, 1.5), Err(Error::Config { rule }) if rule == "backoff_max (5ms) must be at least backoff_min (10ms)")
+        );
+        assert!(
+            matches!(b(1, 5, -0.1), Err(Error::Config { rule }) if rule.starts_with("backoff_multiplier (-0.1)"))
+        );
+        assert!(matches!(b(1, 5, f64::INFINITY), Err(Error::Config { .. })));
+        b(0, 0, 0.0).unwrap();
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let b = Backoff {
+            min: ms(100),
+            max: ms(1000),
+            multiplier: 2.0,
+        };
+        let d: Vec<_> = (0..6).map(|n| b.delay(n)).collect();
+        assert_eq!(
+            d,
+            vec![ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000)]
+        );
+        assert_eq!(b.delay(u32::MAX), ms(1000));
+        for n in 0..6 {
+            let j = b.jittered(n);
+            assert!(j >= b.delay(n) / 2 && j <= b.delay(n), "{j:?}");
+        }
+        // A multiplier below 1 never goes under min.
+        let shrink = Backoff {
+            min: ms(100),
+            max: ms(1000),
+            multiplier: 0.5,
+        };
+        assert_eq!(shrink.delay(3), ms(100));
     }
 }
