@@ -630,6 +630,10 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
                             match self.check_still_ours(token).await {
                                 Ok(None) => next_renew = Instant::now(),
                                 Ok(Some(reason)) => return self.lost(&term, task, reason, None).await,
+                                Err(e) if !e.is_retryable() => {
+                                    let reason = LostReason::StoreError { error: e.to_string() };
+                                    return self.lost(&term, task, reason, Some(e)).await;
+                                }
                                 Err(e) => {
                                     term.set_renew_failures(term.renew_failures().saturating_add(1));
                                     last_error = Some(e.to_string());
