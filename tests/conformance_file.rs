@@ -1,1 +1,44 @@
+//! The conformance suite against the file store, on a fresh temporary directory.
+//!
+//! Every handle is a separate `FileStore` opened on the same directory, as separate processes
+//! would open it.
 
+use std::path::PathBuf;
+
+use tenure::conformance::{async_trait, Harness};
+use tenure::file::FileStore;
+
+struct Files {
+    // Keeps the directory alive for the test's duration.
+    dir: tempfile::TempDir,
+}
+
+impl Files {
+    fn new() -> Self {
+        Files {
+            dir: tempfile::tempdir().expect("a temporary directory"),
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+}
+
+#[async_trait]
+impl Harness for Files {
+    type Store = FileStore;
+
+    async fn store(&self) -> FileStore {
+        FileStore::open(self.path()).expect("the test directory opens")
+    }
+
+    async fn write_garbage(&self, name: &str) {
+        let store = FileStore::open(self.path()).expect("the test directory opens");
+        let path = store.path_of(name).expect("a name the file store can hold");
+        std::fs::write(path, b"{\"holder\": 42, this is not a tenure record")
+            .expect("garbage written");
+    }
+}
+
+tenure::conformance_tests!(Files::new());
