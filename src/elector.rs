@@ -430,12 +430,17 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
 
     /// Reads the record under the call timeout, refreshing the observation.
     async fn read(&mut self) -> Result<()> {
+        self.read_within(self.call_timeout).await
+    }
+
+    /// [`read`](Self::read) under a deadline of `budget`.
+    async fn read_within(&mut self, budget: Duration) -> Result<()> {
         let el = self.el;
         let fresh = with_timeout(
             el.store.kind(),
             "get",
             &el.name,
-            self.call_timeout,
+            budget,
             el.store.get(&el.name),
         )
         .await?;
@@ -627,7 +632,7 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
                         }
                         Err(e) if e.is_conflict() => {
                             // Our view is stale: perhaps our own last write landed unseen.
-                            match self.check_still_ours(token).await {
+                            match self.check_still_ours(token, deadline).await {
                                 Ok(None) => next_renew = Instant::now(),
                                 Ok(Some(reason)) => return self.lost(&term, task, reason, None).await,
                                 Err(e) if !e.is_retryable() => {
@@ -654,7 +659,7 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
                     }
                 }
                 _ = self.wakeups.next(&el.store, &el.name, cfg.retry_period) => {
-                    match self.check_still_ours(token).await {
+                    match self.check_still_ours(token, deadline).await {
                         Ok(Some(reason)) => return self.lost(&term, task, reason, None).await,
                         Ok(None) => {}
                         Err(e) if !e.is_retryable() => {
@@ -723,8 +728,18 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
 
     /// Re-reads while leading: `Ok(None)` if the record is still our term's (adopting its
     /// version), `Ok(Some(reason))` if it is not.
-    async fn check_still_ours(&mut self, token: u64) -> Result<Option<LostReason>> {
-        self.read().await?;
+    ///
+    /// The read is bounded by `deadline` (the renew deadline) as well as the call timeout, so
+    /// that a hung read cannot delay stepping down.
+    async fn check_still_ours(
+        &mut self,
+        token: u64,
+        deadline: Instant,
+    ) -> Result<Option<LostReason>> {
+        let budget = self
+            .call_timeout
+            .min(deadline.saturating_duration_since(Instant::now()));
+        self.read_within(budget).await?;
         Ok(
             match decide(
                 self.observed.as_ref(),
@@ -804,7 +819,7 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
                         )
                         .await;
                     }
-                    match self.check_still_ours(token).await {
+                    match self.check_still_ours(token, deadline).await {
                         Ok(None) => continue,
                         Ok(Some(_)) => return, // not ours any more: nothing to release
                         Err(_) => continue,

@@ -1,9 +1,4 @@
-//! # tenure
-//!
-//! Leader election and distributed locks for Rust services, Kubernetes-style, over the
-//! coordination stores you already run.
-//!
-//! See the README for the quick start, the timing semantics and the backends.
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
