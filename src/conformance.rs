@@ -48,6 +48,13 @@ use crate::store::{LeaseStore, PutMode, Version, WatchStream};
 use crate::testing::FaultyStore;
 use crate::{LeaderElector, LeaderHandle, LeaderState, LostReason, StopReason, Term};
 
+mod locks;
+pub use self::locks::{
+    lock_backoff_bounds, lock_lost_mid_synchronize, lock_mutual_exclusion,
+    lock_stale_holder_is_taken_over, lock_times_out, lock_work_error_passes_through,
+    try_lock_never_blocks,
+};
+
 /// Re-exported so harnesses can implement [`Harness`] without naming the crate themselves.
 pub use async_trait::async_trait;
 
@@ -140,6 +147,13 @@ macro_rules! conformance_tests {
             partitioned_leader_steps_down,
             garbage_while_leading_ends_the_term,
             lost_write_responses_keep_the_term,
+            lock_mutual_exclusion,
+            lock_lost_mid_synchronize,
+            lock_work_error_passes_through,
+            lock_times_out,
+            lock_backoff_bounds,
+            lock_stale_holder_is_taken_over,
+            try_lock_never_blocks,
         );
     };
     (@each $harness:expr; $($check:ident),* $(,)?) => {
@@ -171,6 +185,13 @@ pub async fn run_all<H: Harness>(h: &H) {
     partitioned_leader_steps_down(h).await;
     garbage_while_leading_ends_the_term(h).await;
     lost_write_responses_keep_the_term(h).await;
+    lock_mutual_exclusion(h).await;
+    lock_lost_mid_synchronize(h).await;
+    lock_work_error_passes_through(h).await;
+    lock_times_out(h).await;
+    lock_backoff_bounds(h).await;
+    lock_stale_holder_is_taken_over(h).await;
+    try_lock_never_blocks(h).await;
 }
 
 // ---------------------------------------------------------------------------------------------
