@@ -97,12 +97,98 @@ ensure_kube_apiserver() {
   echo "$bin"
 }
 
+# client-go's example elector (k8s.io/client-go/examples/leader-election), built from the same
+# tree as kube-apiserver (about 45 s). Prints the binary's path.
+ensure_client_go_elector() {
+  local k=$cache/kubernetes
+  local bin=$k/bin/client-go-leader-election
+  ensure_kube_apiserver >/dev/null
+  if [ -x "$bin" ]; then echo "$bin"; return 0; fi
+  (
+    set -e
+    export GOROOT=$k/go115/usr/lib/go-1.15
+    export PATH=$GOROOT/bin:$PATH GOPATH=$k/gopath GOPROXY=off GOFLAGS= CGO_ENABLED=0 GO111MODULE=off
+    cd "$GOPATH/src/k8s.io/kubernetes"
+    log "building client-go's example elector"
+    go build -o "$bin.tmp" ./vendor/k8s.io/client-go/examples/leader-election >>"$k/build.log" 2>&1
+    mv "$bin.tmp" "$bin"
+  ) >&2
+  echo "$bin"
+}
+
+# etcd + kube-apiserver 1.20.2 with RBAC and a static admin token, on free loopback ports;
+# writes an admin kubeconfig into the state dir. Tests read:
+#   TENURE_KUBECONFIG, TENURE_KUBE_SERVER, TENURE_KUBE_TOKEN   the shared API server
+#   TENURE_KUBE_APISERVER, TENURE_ETCD, TENURE_KUBE_SA_KEY, TENURE_KUBE_SA_PUB
+#                                     to start a private pair (API server restart test)
+#   TENURE_CLIENT_GO_ELECTOR          client-go's example elector (interoperability test)
+start_kube() {
+  local apiserver elector etcd_bin dir=$state/kube
+  apt_install etcd-server openssl curl
+  apiserver=$(ensure_kube_apiserver)
+  elector=$(ensure_client_go_elector)
+  etcd_bin=$(command -v etcd || echo /usr/bin/etcd)
+  mkdir -p "$dir/certs"
+  local ep pp kp token
+  ep=$(free_port); pp=$(free_port); kp=$(free_port)
+  "$etcd_bin" --name tenure --data-dir "$dir/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ep" --advertise-client-urls "http://127.0.0.1:$ep" \
+    --listen-peer-urls "http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp" \
+    --initial-cluster "tenure=http://127.0.0.1:$pp" >"$dir/etcd.log" 2>&1 &
+  started $!
+  openssl genrsa -out "$dir/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$dir/sa.key" -pubout -out "$dir/sa.pub" 2>/dev/null
+  token=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+  echo "$token,admin,admin,system:masters" >"$dir/tokens.csv"
+  "$apiserver" --etcd-servers="http://127.0.0.1:$ep" --secure-port="$kp" --bind-address=127.0.0.1 \
+    --advertise-address=127.0.0.1 --cert-dir="$dir/certs" --token-auth-file="$dir/tokens.csv" \
+    --authorization-mode=RBAC --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$dir/sa.pub" --service-account-signing-key-file="$dir/sa.key" \
+    --service-cluster-ip-range=10.96.0.0/24 --disable-admission-plugins=ServiceAccount \
+    >"$dir/apiserver.log" 2>&1 &
+  started $!
+  local i
+  for i in $(seq 1 120); do
+    if [ "$(curl -sk -m 2 -H "Authorization: Bearer $token" "https://127.0.0.1:$kp/readyz" 2>/dev/null)" = ok ]; then
+      break
+    fi
+    if [ "$i" = 120 ]; then log "kube-apiserver not ready after 60 s; see $dir/apiserver.log"; return 1; fi
+    sleep 0.5
+  done
+  cat >"$dir/kubeconfig" <<KUBECONFIG
+apiVersion: v1
+kind: Config
+clusters:
+- name: tenure
+  cluster:
+    server: https://127.0.0.1:$kp
+    insecure-skip-tls-verify: true
+users:
+- name: admin
+  user:
+    token: $token
+contexts:
+- name: tenure
+  context: {cluster: tenure, user: admin, namespace: default}
+current-context: tenure
+KUBECONFIG
+  export_var TENURE_KUBECONFIG "$dir/kubeconfig"
+  export_var TENURE_KUBE_SERVER "https://127.0.0.1:$kp"
+  export_var TENURE_KUBE_TOKEN "$token"
+  export_var TENURE_KUBE_APISERVER "$apiserver"
+  export_var TENURE_ETCD "$etcd_bin"
+  export_var TENURE_KUBE_SA_KEY "$dir/sa.key"
+  export_var TENURE_KUBE_SA_PUB "$dir/sa.pub"
+  export_var TENURE_CLIENT_GO_ELECTOR "$elector"
+  log "kube-apiserver 1.20.2 ready at https://127.0.0.1:$kp (etcd on $ep)"
+}
+
 case "$cmd" in
   start)
     : >"$state/env"
     : >"$state/pids"
     export_var TENURE_TEST_STATE "$state"
-    log "no backend needs a server yet (memory and file stores are in-process)"
+    start_kube
     ;;
   build-kube)
     ensure_kube_apiserver

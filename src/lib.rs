@@ -8,6 +8,8 @@ pub mod elector;
 mod error;
 #[cfg(feature = "file")]
 pub mod file;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod lock;
 mod memory;
 mod record;
