@@ -633,10 +633,12 @@ impl Private {
 
     async fn wait_ready(&self, bound: Duration) {
         let client = client_with_token(&self.server(), &self.token, "default");
-        let api: Api<Lease> = Api::namespaced(client, "default");
+        // Ready when it serves and its controllers have created the namespace "default".
+        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
         let deadline = Instant::now() + bound;
         loop {
-            if let Ok(Ok(_)) = timeout(Duration::from_secs(2), api.get_opt("ready-probe")).await {
+            if let Ok(Ok(Some(_))) = timeout(Duration::from_secs(2), api.get_opt("default")).await
+            {
                 return;
             }
             assert!(
