@@ -282,7 +282,14 @@ async fn go_handoffs(bin: &str, trials: u64) -> Result<Vec<Duration>, BoxError> 
     type Lines = Arc<Mutex<Vec<(Instant, String)>>>;
     let spawn = |id: String| -> Result<(tokio::process::Child, Lines), BoxError> {
         let mut child = tokio::process::Command::new(bin)
-            .args(["--kubeconfig", &kubeconfig, "--id", &id, "--lease-lock-name", &name])
+            .args([
+                "--kubeconfig",
+                &kubeconfig,
+                "--id",
+                &id,
+                "--lease-lock-name",
+                &name,
+            ])
             .args(["--lease-lock-namespace", "default"])
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -396,7 +403,9 @@ async fn main() -> Result<(), BoxError> {
     println!("| elector (L 15 s, D 10 s, R 2 s) | API requests per second |");
     println!("| --- | --- |");
     println!("| leader | {leader_rps:.2} |");
-    println!("| watching follower | {follower_rps:.2} (plus one open watch, re-opened every 4 min) |");
+    println!(
+        "| watching follower | {follower_rps:.2} (plus one open watch, re-opened every 4 min) |"
+    );
     println!("(measured over {idle} s; {watches} watch streams opened)");
     Ok(())
 }

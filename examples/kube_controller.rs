@@ -80,7 +80,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     identity: term.identity().to_owned(),
                     fencing_token: term.fencing_token(),
                 });
-                println!("{} leads (fencing token {})", ctx.identity, ctx.fencing_token);
+                println!(
+                    "{} leads (fencing token {})",
+                    ctx.identity, ctx.fencing_token
+                );
                 let configmaps: Api<ConfigMap> = Api::namespaced(client, &namespace);
                 Controller::new(configmaps, watcher::Config::default())
                     // Stops taking new work and lets running reconciles finish when the term
