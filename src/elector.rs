@@ -616,7 +616,7 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
                 }
                 _ = self.shutdown.wait(), if drain_until.is_none() => {
                     info!(election = %el.name, "shutdown requested; draining the work");
-                    term.end();
+                    term.end_with(StopReason::ShutDown);
                     drain_until = Some(Instant::now() + cfg.drain_timeout);
                 }
                 _ = sleep_until(next_renew) => {
@@ -671,7 +671,11 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
                 }
             }
         };
-        term.end();
+        term.end_with(if ended_by_work {
+            StopReason::Released
+        } else {
+            StopReason::ShutDown
+        });
         let deadline = last_ok_sent + cfg.renew_deadline;
         if ended_by_work || cfg.release_on_shutdown {
             self.release(token, deadline).await;
@@ -763,7 +767,7 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
         reason: LostReason,
         err: Option<Error>,
     ) -> Ended {
-        term.end();
+        term.end_with(StopReason::Lost(reason.clone()));
         warn!(election = %self.el.name, reason = ?reason, "lost leadership");
         self.publish(None);
         self.stopped(&StopReason::Lost(reason));
