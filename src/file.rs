@@ -237,21 +237,7 @@ impl LeaseStore for FileStore {
                 }
                 (read, _) => read?.map(|(_, v)| v),
             };
-            match (&mode, current) {
-                (PutMode::Create, Some(_)) => {
-                    return Err(Error::AlreadyExists {
-                        store: KIND,
-                        name: name.to_owned(),
-                    })
-                }
-                (PutMode::Update(want), cur) if cur.map(Version::from).as_ref() != Some(want) => {
-                    return Err(Error::Conflict {
-                        store: KIND,
-                        name: name.to_owned(),
-                    })
-                }
-                _ => {}
-            }
+            mode.check(KIND, name, current.map(Version::from).as_ref())?;
             let seq = read_seq(&mut lock);
             let next = match (current, seq) {
                 // Nothing known about this name (first write, or the lock file was lost): start
