@@ -187,7 +187,7 @@ impl<S: LeaseStore> LeaderElector<S> {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let mut r = Runner::new(&self, shutdown);
-        let res = r.run(Some(Box::new(on_started_leading))).await;
+        let res = r.run(Some(on_started_leading)).await;
         r.publish(None);
         res
     }
@@ -283,8 +283,6 @@ impl<S: LeaseStore> Builder<S> {
         })
     }
 }
-
-type BoxedWork<'a, F> = Option<Box<F>>;
 
 /// How a term ended, for the campaign loop.
 enum Ended {
@@ -392,7 +390,7 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
         }
     }
 
-    async fn run<F, Fut>(&mut self, mut work: BoxedWork<'_, F>) -> Result<()>
+    async fn run<F, Fut>(&mut self, mut work: Option<F>) -> Result<()>
     where
         F: FnMut(Term) -> Fut + Send,
         Fut: Future<Output = ()> + Send + 'static,
