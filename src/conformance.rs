@@ -3,19 +3,27 @@
 //! Describe the store under test with a [`Harness`], then let [`conformance_tests!`]
 //! generate one `#[tokio::test]` per check:
 //!
-//! ```ignore
+//! ```no_run
 //! use tenure::conformance::{async_trait, Harness};
+//! use tenure::MemoryStore;
 //!
-//! struct Redis { url: String }
+//! // One shared "server"; a real backend would open a connection per `store()` call.
+//! #[derive(Default)]
+//! struct Memory(MemoryStore);
 //!
 //! #[async_trait]
-//! impl Harness for Redis {
-//!     type Store = tenure_redis::RedisStore;
-//!     async fn store(&self) -> Self::Store { tenure_redis::RedisStore::connect(&self.url).await.unwrap() }
-//!     async fn write_garbage(&self, name: &str) { /* SET the key to b"not json" */ }
+//! impl Harness for Memory {
+//!     type Store = MemoryStore;
+//!     async fn store(&self) -> MemoryStore {
+//!         self.0.clone()
+//!     }
+//!     async fn write_garbage(&self, name: &str) {
+//!         self.0.put_raw(name, &b"not a tenure record"[..]);
+//!     }
 //! }
 //!
-//! tenure::conformance_tests!(Redis { url: std::env::var("REDIS_URL").unwrap() });
+//! tenure::conformance_tests!(Memory::default());
+//! # fn main() {}
 //! ```
 //!
 //! The test crate needs `tokio` with the `macros` and `rt-multi-thread` features. Each check

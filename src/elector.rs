@@ -187,7 +187,7 @@ impl<S: LeaseStore> LeaderElector<S> {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let mut r = Runner::new(&self, shutdown);
-        let res = r.run(Some(Box::new(on_started_leading))).await;
+        let res = r.run(Some(on_started_leading)).await;
         r.publish(None);
         res
     }
@@ -283,8 +283,6 @@ impl<S: LeaseStore> Builder<S> {
         })
     }
 }
-
-type BoxedWork<'a, F> = Option<Box<F>>;
 
 /// How a term ended, for the campaign loop.
 enum Ended {
@@ -392,7 +390,7 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
         }
     }
 
-    async fn run<F, Fut>(&mut self, mut work: BoxedWork<'_, F>) -> Result<()>
+    async fn run<F, Fut>(&mut self, mut work: Option<F>) -> Result<()>
     where
         F: FnMut(Term) -> Fut + Send,
         Fut: Future<Output = ()> + Send + 'static,
@@ -616,7 +614,7 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
                 }
                 _ = self.shutdown.wait(), if drain_until.is_none() => {
                     info!(election = %el.name, "shutdown requested; draining the work");
-                    term.end();
+                    term.end_with(StopReason::ShutDown);
                     drain_until = Some(Instant::now() + cfg.drain_timeout);
                 }
                 _ = sleep_until(next_renew) => {
@@ -671,7 +669,11 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
                 }
             }
         };
-        term.end();
+        term.end_with(if ended_by_work {
+            StopReason::Released
+        } else {
+            StopReason::ShutDown
+        });
         let deadline = last_ok_sent + cfg.renew_deadline;
         if ended_by_work || cfg.release_on_shutdown {
             self.release(token, deadline).await;
@@ -763,7 +765,7 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
         reason: LostReason,
         err: Option<Error>,
     ) -> Ended {
-        term.end();
+        term.end_with(StopReason::Lost(reason.clone()));
         warn!(election = %self.el.name, reason = ?reason, "lost leadership");
         self.publish(None);
         self.stopped(&StopReason::Lost(reason));

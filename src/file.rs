@@ -237,21 +237,7 @@ impl LeaseStore for FileStore {
                 }
                 (read, _) => read?.map(|(_, v)| v),
             };
-            match (&mode, current) {
-                (PutMode::Create, Some(_)) => {
-                    return Err(Error::AlreadyExists {
-                        store: KIND,
-                        name: name.to_owned(),
-                    })
-                }
-                (PutMode::Update(want), cur) if cur.map(Version::from).as_ref() != Some(want) => {
-                    return Err(Error::Conflict {
-                        store: KIND,
-                        name: name.to_owned(),
-                    })
-                }
-                _ => {}
-            }
+            mode.check(KIND, name, current.map(Version::from).as_ref())?;
             let seq = read_seq(&mut lock);
             let next = match (current, seq) {
                 // Nothing known about this name (first write, or the lock file was lost): start
@@ -886,34 +872,61 @@ mod tests {
         assert!(matches!(e, Err(Error::Unavailable { .. })), "{e:?}");
     }
 
+    /// The assertion half of the read-only test, run in whatever process reaches it.
+    fn assert_open_is_permission_denied(ro: &Path) {
+        match FileStore::open(ro) {
+            Err(Error::PermissionDenied {
+                store,
+                operation,
+                source,
+                ..
+            }) => {
+                assert_eq!((store, operation), ("file", "open"));
+                assert!(source.to_string().contains("ro"), "{source}");
+            }
+            other => panic!("expected PermissionDenied, got {other:?}"),
+        }
+    }
+
+    /// A directory we may not write to is `PermissionDenied` at `open`. As root (CI), mode bits
+    /// do not stop us, so the check re-runs this test binary as `nobody` through `setpriv`.
     #[cfg(unix)]
     #[test]
     fn open_reports_a_read_only_directory() {
         use std::os::unix::fs::PermissionsExt;
+        if let Ok(dir) = std::env::var("TENURE_FILE_RO_CHILD") {
+            assert_open_is_permission_denied(Path::new(&dir));
+            return;
+        }
         let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let ro = d.path().join("ro");
         std::fs::create_dir(&ro).unwrap();
         std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
         let probe = ro.join("probe");
-        if File::create(&probe).is_ok() {
-            let _ = std::fs::remove_file(&probe);
-            eprintln!(
-                "SKIPPED: the read-only assertion of open_reports_a_read_only_directory \
-                 (running as root: mode 0o555 does not stop us writing)"
-            );
+        if File::create(&probe).is_err() {
+            assert_open_is_permission_denied(&ro);
         } else {
-            match FileStore::open(&ro) {
-                Err(Error::PermissionDenied {
-                    store,
-                    operation,
-                    source,
-                    ..
-                }) => {
-                    assert_eq!((store, operation), ("file", "open"));
-                    assert!(source.to_string().contains("ro"), "{source}");
-                }
-                other => panic!("expected PermissionDenied, got {other:?}"),
-            }
+            // Root: run the assertion as an unprivileged user.
+            let _ = std::fs::remove_file(&probe);
+            let exe = std::env::current_exe().unwrap();
+            let out = std::process::Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(&exe)
+                .args([
+                    "--exact",
+                    "file::tests::open_reports_a_read_only_directory",
+                    "--nocapture",
+                ])
+                .env("TENURE_FILE_RO_CHILD", &ro)
+                .output()
+                .expect("setpriv (util-linux) runs");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains("1 passed"),
+                "the unprivileged check failed: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
     }

@@ -301,16 +301,15 @@ struct Slot {
     term: Term,
     shutdown: CancellationToken,
     task: StdMutex<Option<JoinHandle<crate::Result<()>>>>,
-    lost: Arc<StdMutex<Option<LostReason>>>,
     max_refresh_fails: u32,
 }
 
 impl Slot {
     fn lost_reason(&self) -> Option<LostReason> {
-        self.lost
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        match self.term.stop_reason() {
+            Some(StopReason::Lost(r)) => Some(r),
+            _ => None,
+        }
     }
     fn take_task(&self) -> Option<JoinHandle<crate::Result<()>>> {
         self.task
@@ -403,15 +402,8 @@ impl<S: LeaseStore + Clone> Mutex<S> {
         if cfg.value.is_none() {
             cfg.value = Some(cfg.identity.clone());
         }
-        let lost = Arc::new(StdMutex::new(None));
-        let lost_w = lost.clone();
         let elector = LeaderElector::builder(self.store.clone(), self.name.clone())
             .config(cfg)
-            .on_stopped_leading(move |why| {
-                if let StopReason::Lost(r) = why {
-                    *lost_w.lock().unwrap_or_else(PoisonError::into_inner) = Some(r.clone());
-                }
-            })
             .build()
             .map_err(LockError::Store)?;
         let handle = elector.handle();
@@ -467,7 +459,6 @@ impl<S: LeaseStore + Clone> Mutex<S> {
             term,
             shutdown,
             task: StdMutex::new(Some(task)),
-            lost,
             max_refresh_fails: self.config.max_refresh_fails,
         });
         self.shared.set(Some(slot.clone()));
@@ -509,7 +500,7 @@ impl<S: LeaseStore + Clone> Mutex<S> {
         match done {
             // Finished, but the lock was lost meanwhile: part of it ran unprotected.
             Some(_) if term.is_cancelled() => {
-                let reason = guard.wait_lost_reason().await;
+                let reason = guard.loss();
                 drop(guard);
                 Err(LockError::Lost {
                     name: self.name.clone(),
@@ -525,7 +516,7 @@ impl<S: LeaseStore + Clone> Mutex<S> {
             None => {
                 // Lost: the work saw its token cancelled; give it a bounded grace, then drop it.
                 let _ = tokio::time::timeout(self.config.lost_grace, &mut fut).await;
-                let reason = guard.wait_lost_reason().await;
+                let reason = guard.loss();
                 drop(guard);
                 Err(LockError::Lost {
                     name: self.name.clone(),
@@ -708,14 +699,9 @@ impl Guard {
         self.slot.lost_reason()
     }
 
-    async fn wait_lost_reason(&self) -> LostReason {
-        // The reason is recorded right after the token is cancelled; give it a moment.
-        for _ in 0..100 {
-            if let Some(r) = self.slot.lost_reason() {
-                return r;
-            }
-            tokio::task::yield_now().await;
-        }
+    /// Why the lock was lost; only called once the term is cancelled while held, which only
+    /// a loss does (the reason is recorded before the token is cancelled).
+    fn loss(&self) -> LostReason {
         self.slot
             .lost_reason()
             .unwrap_or(LostReason::RenewDeadlineExceeded { last_error: None })

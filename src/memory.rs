@@ -106,21 +106,7 @@ impl LeaseStore for MemoryStore {
                 .entries
                 .get(name)
                 .and_then(|e| e.bytes.as_ref().map(|(_, v)| *v));
-            match (&mode, current) {
-                (PutMode::Create, Some(_)) => {
-                    return Err(Error::AlreadyExists {
-                        store: KIND,
-                        name: name.to_owned(),
-                    })
-                }
-                (PutMode::Update(want), cur) if cur.map(Version::from).as_ref() != Some(want) => {
-                    return Err(Error::Conflict {
-                        store: KIND,
-                        name: name.to_owned(),
-                    })
-                }
-                _ => {}
-            }
+            mode.check(KIND, name, current.map(Version::from).as_ref())?;
             inner.next_version += 1;
             let v = inner.next_version;
             let e = inner.entry(name);

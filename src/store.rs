@@ -54,6 +54,25 @@ pub enum PutMode {
     Update(Version),
 }
 
+impl PutMode {
+    /// Checks this mode against the version stored now (`None`: no record), as the contract
+    /// demands: `Create` needs no record ([`Error::AlreadyExists`]), `Update(v)` needs `v`
+    /// ([`Error::Conflict`]). For stores that compare versions themselves, under a lock.
+    pub fn check(&self, store: &'static str, name: &str, current: Option<&Version>) -> Result<()> {
+        match (self, current) {
+            (PutMode::Create, Some(_)) => Err(Error::AlreadyExists {
+                store,
+                name: name.to_owned(),
+            }),
+            (PutMode::Update(want), cur) if cur != Some(want) => Err(Error::Conflict {
+                store,
+                name: name.to_owned(),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A stream that yields whenever a record *may* have changed.
 pub type WatchStream = BoxStream<'static, Result<()>>;
 

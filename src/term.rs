@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
+use crate::elector::StopReason;
+
 /// One term of leadership, handed to `on_started_leading`.
 ///
 /// ```
@@ -40,6 +42,7 @@ struct Inner {
     token: CancellationToken,
     valid_until: Mutex<Instant>,
     renew_failures: AtomicU32,
+    stop_reason: Mutex<Option<StopReason>>,
 }
 
 impl Term {
@@ -59,6 +62,7 @@ impl Term {
                 token: CancellationToken::new(),
                 valid_until: Mutex::new(valid_until),
                 renew_failures: AtomicU32::new(0),
+                stop_reason: Mutex::new(None),
             }),
         }
     }
@@ -134,7 +138,32 @@ impl Term {
             .unwrap_or_else(PoisonError::into_inner) = t;
     }
 
+    /// Why the term ended, once it has (set just before the token is cancelled; `None` while
+    /// it runs, or if the elector was dropped mid-term).
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        self.inner
+            .stop_reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     pub(crate) fn end(&self) {
+        self.inner.token.cancel();
+    }
+
+    /// Records why the term ends (the first reason wins), then cancels its token.
+    pub(crate) fn end_with(&self, reason: StopReason) {
+        {
+            let mut r = self
+                .inner
+                .stop_reason
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if r.is_none() {
+                *r = Some(reason);
+            }
+        }
         self.inner.token.cancel();
     }
 }

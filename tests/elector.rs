@@ -291,6 +291,12 @@ async fn recampaigns_after_loss_and_callbacks_fire_again() {
     t1.cancelled().await;
     let noticed = Instant::now();
     assert_eq!(
+        t1.stop_reason(),
+        Some(StopReason::Lost(LostReason::TakenOver {
+            holder: Some("thief".into())
+        }))
+    );
+    assert_eq!(
         c.log.stops(),
         vec![StopReason::Lost(LostReason::TakenOver {
             holder: Some("thief".into())
@@ -335,8 +341,11 @@ async fn drains_then_releases_on_shutdown_and_a_follower_takes_over_at_once() {
     a.handle.leading().await.unwrap();
     let b = spawn(builder(store.clone(), "b"), Duration::ZERO);
     sleep(R * 2).await;
+    let term_a = a.handle.leading().await.unwrap();
     let t0 = Instant::now();
     a.shutdown.cancel();
+    sleep(Duration::from_millis(1)).await;
+    assert_eq!(term_a.stop_reason(), Some(StopReason::ShutDown));
     // During the drain (longer than R, and than D would be without renewals) a keeps the
     // lease: b must not lead.
     sleep(drain - Duration::from_millis(1)).await;
