@@ -11,6 +11,8 @@ pub mod file;
 pub mod lock;
 mod memory;
 mod record;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod store;
 mod term;
 #[cfg(feature = "testing")]
