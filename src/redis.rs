@@ -800,7 +800,7 @@ async fn hub(client: Client, t: Duration, mut rx: mpsc::UnboundedReceiver<HubCmd
                     }
                 },
                 _ = ping.tick() => {
-                    if !matches!(tokio::time::timeout(t, sink.ping::<String>()).await, Ok(Ok(_))) {
+                    if !matches!(tokio::time::timeout(t, sink.ping::<::redis::Value>()).await, Ok(Ok(_))) {
                         debug!("the watch connection stopped answering; reconnecting");
                         break;
                     }
