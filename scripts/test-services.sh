@@ -183,11 +183,63 @@ KUBECONFIG
   log "kube-apiserver 1.20.2 ready at https://127.0.0.1:$kp (etcd on $ep)"
 }
 
+# Waits until redis-cli gets PONG from 127.0.0.1:$1 (extra redis-cli arguments may follow).
+wait_redis() {
+  local port=$1
+  shift
+  for _ in $(seq 1 100); do
+    [ "$(redis-cli -h 127.0.0.1 -p "$port" "$@" ping 2>/dev/null)" = PONG ] && return 0
+    sleep 0.1
+  done
+  log "redis on port $port did not answer PING"
+  return 1
+}
+
+# Two Redis servers without persistence: an open one (TENURE_REDIS_URL) and one that requires
+# credentials (TENURE_REDIS_AUTH_URL: an ACL user allowed everything; TENURE_REDIS_LIMITED_URL:
+# a user allowed nothing but PING; TENURE_REDIS_AUTH_ADDR to build wrong credentials). The
+# tests start private servers of their own with TENURE_REDIS_SERVER for the crash test.
+start_redis() {
+  apt_install redis-server redis-tools
+  local dir=$state/redis
+  mkdir -p "$dir"
+  local port auth_port
+  port=$(free_port)
+  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
+    --logfile "$dir/open.log" --pidfile "$dir/open.pid" --dir "$dir"
+  wait_redis "$port"
+  started "$(cat "$dir/open.pid")"
+  auth_port=$(free_port)
+  cat >"$dir/auth.conf" <<CONF
+port $auth_port
+bind 127.0.0.1
+save ""
+appendonly no
+daemonize yes
+logfile $dir/auth.log
+pidfile $dir/auth.pid
+dir $dir
+requirepass default-secret
+user tenure on >tenure-secret ~* &* +@all
+user limited on >limited-secret ~* &* -@all +ping +hello +auth
+CONF
+  redis-server "$dir/auth.conf"
+  wait_redis "$auth_port" --no-auth-warning -a default-secret
+  started "$(cat "$dir/auth.pid")"
+  export_var TENURE_REDIS_URL "redis://127.0.0.1:$port/"
+  export_var TENURE_REDIS_AUTH_URL "redis://tenure:tenure-secret@127.0.0.1:$auth_port/"
+  export_var TENURE_REDIS_LIMITED_URL "redis://limited:limited-secret@127.0.0.1:$auth_port/"
+  export_var TENURE_REDIS_AUTH_ADDR "127.0.0.1:$auth_port"
+  export_var TENURE_REDIS_SERVER "$(command -v redis-server)"
+  log "redis on 127.0.0.1:$port, redis with ACL users on 127.0.0.1:$auth_port"
+}
+
 case "$cmd" in
   start)
     : >"$state/env"
     : >"$state/pids"
     export_var TENURE_TEST_STATE "$state"
+    start_redis
     start_kube
     ;;
   build-kube)

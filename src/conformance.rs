@@ -239,7 +239,7 @@ pub async fn cas<H: Harness>(h: &H) {
     let r1 = rec("a", 1);
     let v1 = ok(&name, "create", s.put(&name, &r1, PutMode::Create).await);
     fresh(&v1, "create");
-    expect_record(&name, "get after create", &other, &r1, &v1).await;
+    let r1 = expect_created(&name, "get after create", &other, &r1, &v1).await;
 
     let again = s.put(&name, &rec("b", 1), PutMode::Create).await;
     assert!(
@@ -329,7 +329,7 @@ pub async fn cas<H: Harness>(h: &H) {
             r,
         );
     }
-    expect_record(&name, "get after re-create", &other, &rec("d", 5), &v4).await;
+    expect_created(&name, "get after re-create", &other, &rec("d", 5), &v4).await;
 }
 
 /// Names are isolated: writing one name (including prefixes and near-twins such as `a`,
@@ -359,8 +359,14 @@ pub async fn names_are_isolated<H: Harness>(h: &H) {
                 None => continue, // refused as invalid in round 0
                 Some((_, v)) => PutMode::Update(v.clone()),
             };
+            let creating = mode == PutMode::Create;
             match s.put(n, &r, mode).await {
                 Ok(v) => {
+                    let r = if creating {
+                        expect_created(n, "get after create", &s, &r, &v).await
+                    } else {
+                        r
+                    };
                     held.insert(n.clone(), (r, v));
                 }
                 Err(Error::InvalidName { .. }) if round == 0 => continue,
@@ -420,6 +426,7 @@ pub async fn odd_names<H: Harness>(h: &H) {
     for n in &names {
         let mut r = rec("odd", 1);
         r.value = Some(format!("{p}|{n}"));
+        let mut created = false;
         let res = match s.get(n).await {
             Err(Error::InvalidName { .. }) => {
                 refused.push(n.clone());
@@ -428,7 +435,10 @@ pub async fn odd_names<H: Harness>(h: &H) {
             Err(e) => {
                 panic!("odd_names: get of {n:?} failed with {e:?}; only InvalidName is allowed")
             }
-            Ok(None) => s.put(n, &r, PutMode::Create).await,
+            Ok(None) => {
+                created = true;
+                s.put(n, &r, PutMode::Create).await
+            }
             Ok(Some((old, v))) => {
                 if let Some(hit) = kept.iter().find(|k| k.1.value == old.value) {
                     panic!(
@@ -440,7 +450,14 @@ pub async fn odd_names<H: Harness>(h: &H) {
             }
         };
         match res {
-            Ok(v) => kept.push((n.clone(), r, v)),
+            Ok(v) => {
+                let r = if created {
+                    expect_created(n, "get after create", &s, &r, &v).await
+                } else {
+                    r
+                };
+                kept.push((n.clone(), r, v));
+            }
             Err(Error::InvalidName { .. }) => refused.push(n.clone()),
             Err(e) if e.is_conflict() => {
                 panic!("odd_names: writing {n:?} conflicted ({e:?}): it collides with a name written before")
@@ -1204,6 +1221,33 @@ async fn expect_record<S: LeaseStore>(
             && close(r.renew_time, want.renew_time),
         "{what}: {name:?} holds {r:?}, expected {want:?}"
     );
+}
+
+/// After `put(Create)`: like [`expect_record`], except that the store may have raised
+/// `transitions` (never lowered it; see the [`LeaseStore`] contract). Returns the record as
+/// stored.
+async fn expect_created<S: LeaseStore>(
+    name: &str,
+    what: &str,
+    s: &S,
+    want: &LeaseRecord,
+    v: &Version,
+) -> LeaseRecord {
+    let got = ok(name, what, s.get(name).await);
+    let Some((r, _)) = got else {
+        panic!("{what}: {name:?} has no record, expected {want:?}");
+    };
+    assert!(
+        r.transitions >= want.transitions,
+        "{what}: {name:?} was created with transitions {} but holds {}: a store may raise the \
+         fencing token on create, never lower it",
+        want.transitions,
+        r.transitions
+    );
+    let mut stored = want.clone();
+    stored.transitions = r.transitions;
+    expect_record(name, what, s, &stored, v).await;
+    stored
 }
 
 async fn assert_decode<S: LeaseStore>(s: &S, name: &str, what: &str) {

@@ -534,6 +534,7 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
             None => PutMode::Create,
             Some(o) => PutMode::Update(o.version.clone()),
         };
+        let created = mode == PutMode::Create;
         let sent = Instant::now();
         match with_timeout(
             el.store.kind(),
@@ -545,6 +546,23 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
         .await
         {
             Ok(version) => {
+                let mut record = record;
+                if created {
+                    // A store may raise `transitions` when it creates a record (see the
+                    // `LeaseStore` contract): adopt what it stored, or start over.
+                    let stored = with_timeout(
+                        el.store.kind(),
+                        "get",
+                        &el.name,
+                        self.call_timeout,
+                        el.store.get(&el.name),
+                    )
+                    .await?;
+                    match stored {
+                        Some((r, v)) if v == version => record = r,
+                        _ => return Ok(None),
+                    }
+                }
                 info!(election = %el.name, identity = %cfg.identity, fencing_token = record.transitions, "acquired the lease");
                 self.observed = Some(Observed {
                     record,

@@ -13,6 +13,8 @@ pub mod kubernetes;
 pub mod lock;
 mod memory;
 mod record;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod store;
 mod term;
 #[cfg(feature = "testing")]

@@ -88,6 +88,11 @@ pub type WatchStream = BoxStream<'static, Result<()>>;
 ///   [`Error::AlreadyExists`] if a record exists; with [`PutMode::Update`]`(v)` it fails with
 ///   [`Error::Conflict`] unless the stored version is `v` (including when there is no record
 ///   any more). There is no blind overwrite.
+/// - **Create may raise the fencing token.** A store that can lose records (Redis without
+///   persistence) may store a [`LeaseRecord::transitions`] *greater* than the one given to
+///   `put(Create)`, so that a re-created record's terms continue above the lost ones; it
+///   stores everything else, and every `Update`, exactly as given. Callers learn the stored
+///   token by re-reading after a create (the elector does).
 /// - **Versions change on every write.** A successful `put` returns the new [`Version`], which
 ///   differs from every version the record had before; a `get` that starts after the `put`
 ///   returned observes it (or a later one).
