@@ -494,12 +494,12 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
                 }
                 _ => None,
             };
-            // With a watch, changes wake us; without one, poll every jittered R (or on the
-            // configured backoff, which also applies with a watch). Either way, wake at the
-            // observed expiry.
-            let poll =
-                (self.cfg().backoff.is_some() || !self.wakeups.supported || expires_at.is_none())
-                    .then(|| self.retry_delay(attempt));
+            // Re-read every jittered R (or on the configured backoff), as client-go does: a
+            // store's watch may not report renewals (Redis publishes only changes of holder),
+            // and a renewal seen late delays a takeover. A watch event wakes us at once and
+            // restarts this wait, so a store whose watch does report renewals (Kubernetes)
+            // costs no extra reads. Either way, wake at the observed expiry.
+            let poll = Some(self.retry_delay(attempt));
             if self.pause(poll, expires_at).await {
                 return Ok(None);
             }

@@ -601,3 +601,54 @@ async fn five_candidates_one_leader_and_a_vacant_lease_is_taken_at_once() {
         c.task.await.unwrap().unwrap();
     }
 }
+
+/// A store whose watch is supported but never reports anything (like Redis's, which does not
+/// publish renewals): followers must still notice renewals by re-reading every jittered R.
+#[derive(Clone)]
+struct SilentWatch(MemoryStore);
+
+#[async_trait::async_trait]
+impl LeaseStore for SilentWatch {
+    fn kind(&self) -> &'static str {
+        "silent-watch"
+    }
+    async fn get(&self, name: &str) -> tenure::Result<Option<(LeaseRecord, tenure::Version)>> {
+        self.0.get(name).await
+    }
+    async fn put(
+        &self,
+        name: &str,
+        r: &LeaseRecord,
+        m: PutMode,
+    ) -> tenure::Result<tenure::Version> {
+        self.0.put(name, r, m).await
+    }
+    fn watch(&self, _: &str) -> Option<tenure::WatchStream> {
+        Some(Box::pin(futures_util::stream::pending()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn renewals_are_noticed_without_watch_events() {
+    let store = MemoryStore::new();
+    let mut rec = LeaseRecord::held_by("other", L, 1);
+    let mut v = store.put(NAME, &rec, PutMode::Create).await.unwrap();
+    let c = spawn(builder(SilentWatch(store.clone()), "b"), Duration::ZERO);
+    for _ in 0..20 {
+        sleep(R).await;
+        rec.renew_time = Some(SystemTime::now());
+        v = store.put(NAME, &rec, PutMode::Update(v)).await.unwrap();
+    }
+    let last_renewal = Instant::now();
+    let term = c.handle.leading().await.unwrap();
+    let after = term.started_at() - last_renewal;
+    // Never before a full lease after the last renewal; and since the follower re-reads every
+    // R × (1 + 1.2 × rand) ≤ 2.2 R, it saw that renewal at most 2.2 R late.
+    assert!(after >= L, "took over {after:?} after the last renewal");
+    assert!(
+        after <= L + R.mul_f64(2.2),
+        "took over only {after:?} after the last renewal"
+    );
+    c.shutdown.cancel();
+    c.task.await.unwrap().unwrap();
+}
