@@ -309,7 +309,6 @@ impl Shutdown<'_> {
 /// Watch notifications, resubscribed after the stream ends. Cancellation safe.
 struct Wakeups {
     stream: Option<WatchStream>,
-    supported: bool,
     resubscribe_at: Option<Instant>,
 }
 
@@ -362,7 +361,6 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
                 fired: false,
             },
             wakeups: Wakeups {
-                supported: stream.is_some(),
                 stream,
                 resubscribe_at: None,
             },
