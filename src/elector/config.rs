@@ -56,12 +56,12 @@ pub struct Config {
 /// `backoff_multiplier`, with its validation rules.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
-    /// The first delay. Seed 001's default: 5 s; tenure's: 100 ms, since the watch does the
-    /// waking.
+    /// The first delay (at least 0). Default 100 ms: the store's watch and the observed
+    /// expiry do most of the waking, the backoff only bounds how often a waiter re-reads.
     pub min: Duration,
-    /// The largest delay (at least `min`). Default 5 s... capped by the lease duration in use.
+    /// The largest delay (at least `min`). Default 5 s.
     pub max: Duration,
-    /// Growth factor per attempt (at least 0; seed 001's default 1.5).
+    /// Growth factor per attempt (at least 0). Default 1.5.
     pub multiplier: f64,
 }
 
