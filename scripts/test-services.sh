@@ -33,12 +33,18 @@ export_var() { echo "export $1=$(printf '%q' "$2")" >>"$state/env"; }
 # Installs Debian packages that are missing (needs root, as on CI).
 apt_install() {
   local missing=()
-  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing ${missing[*]}"
   if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >"$cache/apt.log" 2>&1; then
-    apt-get update >>"$cache/apt.log" 2>&1
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >>"$cache/apt.log" 2>&1
+    apt-get update >>"$cache/apt.log" 2>&1 || true
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >>"$cache/apt.log" 2>&1; then
+      log "could not install ${missing[*]}:"
+      tail -20 "$cache/apt.log" >&2
+      return 1
+    fi
   fi
 }
 
