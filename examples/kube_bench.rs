@@ -130,6 +130,15 @@ async fn client() -> Result<kube::Client, BoxError> {
     })
 }
 
+/// A store on a client of its own, as each replica has (candidates sharing one client queue
+/// behind each other's requests and watches).
+async fn own_store() -> Result<KubeLeaseStore, BoxError> {
+    // Events off: measure the election's own requests.
+    Ok(KubeLeaseStore::builder(client().await?, "default")
+        .events(false)
+        .build()?)
+}
+
 fn unique(tag: &str) -> String {
     format!("bench-{tag}-{:08x}", rand::random::<u32>())
 }
@@ -139,11 +148,7 @@ fn unique(tag: &str) -> String {
 /// has been following for `settle`: a follower that has only just started may not have its
 /// watch connected yet (a TLS connection and the watch request, tens of milliseconds), and
 /// then learns of the release when the watch's first event arrives.
-async fn handoffs(
-    store: &KubeLeaseStore,
-    trials: u64,
-    settle: Duration,
-) -> Result<Vec<Duration>, BoxError> {
+async fn handoffs(trials: u64, settle: Duration) -> Result<Vec<Duration>, BoxError> {
     let timings = (
         Duration::from_secs(15),
         Duration::from_secs(10),
@@ -151,8 +156,8 @@ async fn handoffs(
     );
     let name = unique("handoff");
     let mut cands = vec![
-        candidate(store.clone(), &name, "h-0".into(), timings)?,
-        candidate(store.clone(), &name, "h-1".into(), timings)?,
+        candidate(own_store().await?, &name, "h-0".into(), timings)?,
+        candidate(own_store().await?, &name, "h-1".into(), timings)?,
     ];
     let mut out = Vec::new();
     for trial in 0..trials {
@@ -185,7 +190,7 @@ async fn handoffs(
         out.push(took);
         old.task.await??;
         cands.push(candidate(
-            store.clone(),
+            own_store().await?,
             &name,
             format!("h-{}", trial + 2),
             timings,
@@ -200,17 +205,13 @@ async fn handoffs(
 
 /// Crash failovers: the leader's task is aborted (no release); the follower takes over one
 /// lease duration after it last saw the Lease change.
-async fn crashes(
-    store: &KubeLeaseStore,
-    trials: u64,
-    l: Duration,
-) -> Result<Vec<Duration>, BoxError> {
+async fn crashes(trials: u64, l: Duration) -> Result<Vec<Duration>, BoxError> {
     let timings = (l, l * 3 / 5, l / 5);
     let name = unique("crash");
     let mut out = Vec::new();
     let mut cands = vec![
-        candidate(store.clone(), &name, "c-0".into(), timings)?,
-        candidate(store.clone(), &name, "c-1".into(), timings)?,
+        candidate(own_store().await?, &name, "c-0".into(), timings)?,
+        candidate(own_store().await?, &name, "c-1".into(), timings)?,
     ];
     for trial in 0..trials {
         let leader = loop {
@@ -232,7 +233,7 @@ async fn crashes(
             .unwrap_or_default();
         out.push(took);
         cands.push(candidate(
-            store.clone(),
+            own_store().await?,
             &name,
             format!("c-{}", trial + 2),
             timings,
@@ -246,19 +247,19 @@ async fn crashes(
 }
 
 /// Store calls per second of a leader and of a watching follower at the default timings.
-async fn rates(store: &KubeLeaseStore, secs: u64) -> Result<(f64, f64, u64), BoxError> {
+async fn rates(secs: u64) -> Result<(f64, f64, u64), BoxError> {
     let timings = (
         Duration::from_secs(15),
         Duration::from_secs(10),
         Duration::from_secs(2),
     );
     let name = unique("rate");
-    let counting = |s: &KubeLeaseStore| Counting {
-        inner: s.clone(),
+    let counting = |s: KubeLeaseStore| Counting {
+        inner: s,
         calls: Arc::new(AtomicU64::new(0)),
         watches: Arc::new(AtomicU64::new(0)),
     };
-    let (a, b) = (counting(store), counting(store));
+    let (a, b) = (counting(own_store().await?), counting(own_store().await?));
     let ca = candidate(a.clone(), &name, "r-0".into(), timings)?;
     ca.leading.notified().await;
     let cb = candidate(b.clone(), &name, "r-1".into(), timings)?;
@@ -364,21 +365,16 @@ async fn main() -> Result<(), BoxError> {
     let crash_l = Duration::from_secs(arg("--crash-lease-secs", 5));
     let idle = arg("--idle-secs", 30);
     let go_trials = arg("--go-trials", 0);
-    let client = client().await?;
-    // Events off: measure the election's own requests.
-    let store = KubeLeaseStore::builder(client, "default")
-        .events(false)
-        .build()?;
 
     let settle = Duration::from_millis(arg("--settle-ms", 500));
-    let mut h = handoffs(&store, trials, settle).await?;
+    let mut h = handoffs(trials, settle).await?;
     h.sort();
     let fresh_settle = Duration::from_millis(50);
-    let mut f = handoffs(&store, trials, fresh_settle).await?;
+    let mut f = handoffs(trials, fresh_settle).await?;
     f.sort();
-    let mut c = crashes(&store, crash_trials, crash_l).await?;
+    let mut c = crashes(crash_trials, crash_l).await?;
     c.sort();
-    let (leader_rps, follower_rps, watches) = rates(&store, idle).await?;
+    let (leader_rps, follower_rps, watches) = rates(idle).await?;
 
     println!();
     println!("| measurement | trials | p50 | p99 | max |");
