@@ -2,7 +2,8 @@
 # The whole test suite, on a fresh machine or a warm one:
 # starts the real servers the backends need (scripts/test-services.sh), requires them
 # (TENURE_REQUIRE_BACKENDS=1: a missing server fails its tests), checks formatting and lints,
-# runs every test and doctest with all features, runs the quickstart demo, and stops the
+# checks the API docs' links, runs every test and doctest with all features, runs the
+# quickstart demo, and stops the
 # servers even on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-features --all-targets -- -D warnings
+echo "== cargo doc (broken links are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --all-features --no-deps --quiet
 echo "== cargo test"
 cargo test --all-features
 echo "== quickstart demo"

@@ -1,6 +1,6 @@
 //! The conformance suite every [`LeaseStore`] must pass, against a real server.
 //!
-//! Describe the store under test with a [`Harness`], then let [`conformance_tests!`]
+//! Describe the store under test with a [`Harness`], then let [`conformance_tests!`](crate::conformance_tests)
 //! generate one `#[tokio::test]` per check:
 //!
 //! ```no_run
@@ -175,7 +175,7 @@ macro_rules! conformance_tests {
     };
 }
 
-/// Runs every check in turn (the same ones [`conformance_tests!`] generates).
+/// Runs every check in turn (the same ones [`conformance_tests!`](crate::conformance_tests) generates).
 ///
 /// # Panics
 ///
@@ -950,7 +950,7 @@ pub async fn crashed_leader_is_taken_over_after_expiry<H: Harness>(h: &H) {
 }
 
 /// A leader whose store becomes unreachable (partitioned through
-/// [`FaultyStore`](crate::testing::FaultyStore)) cancels its term no later than its renew
+/// [`FaultyStore`]) cancels its term no later than its renew
 /// deadline (`valid_until` + slack), reports `Lost(RenewDeadlineExceeded)`, and keeps
 /// campaigning; a follower on an unfaulted handle takes over only after the lease expired (no
 /// sooner than `L` after the last successful renewal was sent), after the old term ended. Once
