@@ -3,8 +3,7 @@
 # starts the real servers the backends need (scripts/test-services.sh), requires them
 # (TENURE_REQUIRE_BACKENDS=1: a missing server fails its tests), checks formatting and lints,
 # checks the API docs' links, runs every test and doctest with all features, runs the
-# quickstart demo, and stops the
-# servers even on failure.
+# quickstart demo, and stops the servers even on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
