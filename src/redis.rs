@@ -132,6 +132,15 @@ local function writable(f)
   end
   return nil
 end
+local function expect(key, version)
+  local f = shape(key)
+  if f == 'none' then return nil, {'conflict'} end
+  if type(f) == 'string' then return nil, {'garbage', f} end
+  if f[1] .. '.' .. f[2] ~= version then return nil, {'conflict'} end
+  local bad = writable(f)
+  if bad then return nil, {'garbage', bad} end
+  return f
+end
 ";
 
 /// `get`: KEYS[1] = key. Returns {'none'}, {'garbage', why} or {'ok', version, json}.
@@ -164,12 +173,8 @@ return {'ok', v}
 /// channel. Returns {'conflict'}, {'garbage', why} or {'ok', version}. Publishes only when the
 /// term (transitions or holder) changes, not on renewals.
 const UPDATE: &str = r"
-local f = shape(KEYS[1])
-if f == 'none' then return {'conflict'} end
-if type(f) == 'string' then return {'garbage', f} end
-if f[1] .. '.' .. f[2] ~= ARGV[1] then return {'conflict'} end
-local bad = writable(f)
-if bad then return {'garbage', bad} end
+local f, refused = expect(KEYS[1], ARGV[1])
+if not f then return refused end
 local n = tonumber(f[2])
 if not n then return {'garbage', 'a hash whose write counter is not a number'} end
 n = string.format('%d', n + 1)
@@ -184,12 +189,8 @@ return {'ok', v}
 /// `delete`: KEYS[1] = key; ARGV = expected version, channel. Returns {'conflict'},
 /// {'garbage', why} or {'ok'}.
 const DELETE: &str = r"
-local f = shape(KEYS[1])
-if f == 'none' then return {'conflict'} end
-if type(f) == 'string' then return {'garbage', f} end
-if f[1] .. '.' .. f[2] ~= ARGV[1] then return {'conflict'} end
-local bad = writable(f)
-if bad then return {'garbage', bad} end
+local f, refused = expect(KEYS[1], ARGV[1])
+if not f then return refused end
 redis.call('DEL', KEYS[1])
 redis.call('PUBLISH', ARGV[2], 'deleted')
 return {'ok'}
