@@ -964,23 +964,7 @@ pub async fn partitioned_leader_steps_down<H: Harness>(h: &H) {
     let t = h.timings();
     let name = unique("partition");
     let log = TermLog::default();
-    let faulty = FaultyStore::new(h.store().await);
-    let faults = faulty.faults();
-    let a = spawn_candidate(faulty, &name, format!("{name}-a"), &t, &log, Duration::ZERO);
-    let a_term = a
-        .handle
-        .leading()
-        .await
-        .unwrap_or_else(|| panic!("{CHECK}: the first elector stopped without leading"));
-    let b = spawn_candidate(
-        h.store().await,
-        &name,
-        format!("{name}-b"),
-        &t,
-        &log,
-        Duration::ZERO,
-    );
-    wait_following(&b.handle, &a.identity, t.lease_duration, CHECK).await;
+    let (faults, a, a_term, b) = faulty_leader_and_follower(h, &t, &name, &log, CHECK).await;
     wait_renewal(&a_term, t.lease_duration, CHECK).await;
 
     let partitioned_at = Instant::now();
@@ -1117,23 +1101,7 @@ pub async fn lost_write_responses_keep_the_term<H: Harness>(h: &H) {
     let t = h.timings();
     let name = unique("lostresp");
     let log = TermLog::default();
-    let faulty = FaultyStore::new(h.store().await);
-    let faults = faulty.faults();
-    let a = spawn_candidate(faulty, &name, format!("{name}-a"), &t, &log, Duration::ZERO);
-    let term = a
-        .handle
-        .leading()
-        .await
-        .unwrap_or_else(|| panic!("{CHECK}: the elector stopped without leading"));
-    let b = spawn_candidate(
-        h.store().await,
-        &name,
-        format!("{name}-b"),
-        &t,
-        &log,
-        Duration::ZERO,
-    );
-    wait_following(&b.handle, &a.identity, t.lease_duration, CHECK).await;
+    let (faults, a, term, b) = faulty_leader_and_follower(h, &t, &name, &log, CHECK).await;
     for _ in 0..3 {
         wait_renewal(&term, t.lease_duration, CHECK).await;
         faults.lose_next_write_responses(1);
@@ -1167,6 +1135,40 @@ pub async fn lost_write_responses_keep_the_term<H: Harness>(h: &H) {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
+
+/// A leader `<name>-a` on a [`FaultyStore`] over its own handle, and a follower `<name>-b` on a
+/// plain handle that already follows it.
+async fn faulty_leader_and_follower<H: Harness>(
+    h: &H,
+    t: &Timings,
+    name: &str,
+    log: &TermLog,
+    check: &str,
+) -> (
+    crate::testing::Faults,
+    Candidate<FaultyStore<H::Store>>,
+    Term,
+    Candidate<H::Store>,
+) {
+    let faulty = FaultyStore::new(h.store().await);
+    let faults = faulty.faults();
+    let a = spawn_candidate(faulty, name, format!("{name}-a"), t, log, Duration::ZERO);
+    let term = a
+        .handle
+        .leading()
+        .await
+        .unwrap_or_else(|| panic!("{check}: the first elector stopped without leading"));
+    let b = spawn_candidate(
+        h.store().await,
+        name,
+        format!("{name}-b"),
+        t,
+        log,
+        Duration::ZERO,
+    );
+    wait_following(&b.handle, &a.identity, t.lease_duration, check).await;
+    (faults, a, term, b)
+}
 
 /// A name unique to this run: `tc-<tag>-<random>`, lowercase so that every store can hold it.
 fn unique(tag: &str) -> String {
