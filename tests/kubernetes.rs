@@ -764,6 +764,16 @@ impl GoElector {
         GoElector { child, lines }
     }
 
+    /// Everything it printed, for failure messages.
+    fn output(&self) -> String {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     fn when(&self, needle: &str) -> Option<Instant> {
         self.lines
             .lock()
@@ -899,6 +909,10 @@ async fn client_go_and_tenure_share_a_lease() {
         "go-2 acquired before tenure's term ended"
     );
     let tenure_to_go = go_acquired - shutdown;
+    // client-go renews once right after acquiring; a SIGTERM during that request cancels it
+    // after the server may have applied it, and client-go's release then uses a stale Lease.
+    // Let that renewal finish first.
+    sleep(Duration::from_secs(1)).await;
     go2.terminate();
     go2.wait_for("leader lost: go-2", Duration::from_secs(10))
         .await;
@@ -922,10 +936,20 @@ async fn client_go_and_tenure_share_a_lease() {
             distinct.push(h);
         }
     }
+    // go-2's own final release is client-go's business, not a handoff under test: client-go
+    // 1.20 releases once, with the Lease it cached last, and does not retry; when that update
+    // fails it logs "Failed to release lock". Accept that, and only that.
+    let go2_release_failed = go2.when("Failed to release lock").is_some();
+    let expected: &[&str] = if go2_release_failed {
+        &["go-1", "", "tenure-1", "", "go-2"]
+    } else {
+        &["go-1", "", "tenure-1", "", "go-2", ""]
+    };
     assert_eq!(
         distinct,
-        ["go-1", "", "tenure-1", "", "go-2", ""],
-        "holder sequence (each handoff through a release)"
+        expected,
+        "holder sequence (each handoff through a release); client-go's output:\n{}",
+        go2.output()
     );
     for w in changes.windows(2) {
         assert!(w[1].2 >= w[0].2, "leaseTransitions went backwards: {w:?}");
