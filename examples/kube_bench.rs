@@ -38,7 +38,7 @@ impl LeaseStore for Counting {
     fn kind(&self) -> &'static str {
         self.inner.kind()
     }
-    async fn get(&self, name: &str) -> tenure::Result<Option<(LeaseRecord, Version)>> {
+    async fn get(&self, name: &str) -> tenure::Result<Option<tenure::Stored>> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.inner.get(name).await
     }

@@ -181,7 +181,7 @@ async fn demo() -> Result<(), Error> {
     let (third, token3, at) = cs.next_leader().await?;
     let failover = at - killed;
     println!(
-        "  failover took {:.0} ms (a follower waits one lease duration, {} ms, after it last saw a renewal)",
+        "  failover took {:.0} ms (a follower waits one lease duration, {} ms, after the last renewal was written)",
         ms(failover),
         L.as_millis()
     );

@@ -203,7 +203,8 @@ wait_redis() {
 
 # Two Redis servers without persistence: an open one (TENURE_REDIS_URL) and one that requires
 # credentials (TENURE_REDIS_AUTH_URL: an ACL user allowed everything; TENURE_REDIS_LIMITED_URL:
-# a user allowed nothing but PING; TENURE_REDIS_AUTH_ADDR to build wrong credentials). The
+# a user allowed nothing but PING; TENURE_REDIS_NOCHANNELS_URL: a user allowed every command
+# but no pub/sub channel; TENURE_REDIS_AUTH_ADDR to build wrong credentials). The
 # tests start private servers of their own with TENURE_REDIS_SERVER for the crash test.
 start_redis() {
   apt_install redis-server redis-tools
@@ -228,6 +229,7 @@ dir $dir
 requirepass default-secret
 user tenure on >tenure-secret ~* &* +@all
 user limited on >limited-secret ~* &* -@all +ping +hello +auth
+user nochannels on >nochannels-secret ~* resetchannels +@all
 CONF
   redis-server "$dir/auth.conf"
   wait_redis "$auth_port" --no-auth-warning -a default-secret
@@ -235,6 +237,7 @@ CONF
   export_var TENURE_REDIS_URL "redis://127.0.0.1:$port/"
   export_var TENURE_REDIS_AUTH_URL "redis://tenure:tenure-secret@127.0.0.1:$auth_port/"
   export_var TENURE_REDIS_LIMITED_URL "redis://limited:limited-secret@127.0.0.1:$auth_port/"
+  export_var TENURE_REDIS_NOCHANNELS_URL "redis://nochannels:nochannels-secret@127.0.0.1:$auth_port/"
   export_var TENURE_REDIS_AUTH_ADDR "127.0.0.1:$auth_port"
   export_var TENURE_REDIS_SERVER "$(command -v redis-server)"
   log "redis on 127.0.0.1:$port, redis with ACL users on 127.0.0.1:$auth_port"

@@ -5,16 +5,17 @@
 //! deadline) and its gaps closed: re-campaign by default, drain-then-release on shutdown,
 //! watch-driven handoff, a fencing token per term.
 
+#[macro_use]
 mod config;
 mod handle;
 pub mod state;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use rand::Rng;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -23,70 +24,10 @@ use tracing::{debug, info, warn};
 
 pub use self::config::{default_identity, Backoff, Config, MAX_DURATION};
 pub use self::handle::{Leader, LeaderHandle, LeaderState};
-use self::state::{decide, next_record, vacated, Decision, Observed};
+use self::state::{decide, next_record, next_token, vacated, Decision, Observed};
 use crate::error::{with_timeout, Error, Result};
 use crate::store::{LeaseStore, PutMode, WatchStream};
-use crate::term::Term;
-
-/// Why a term ended, as told to `on_stopped_leading`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum StopReason {
-    /// Leadership was lost; the term's token was cancelled at once.
-    Lost(LostReason),
-    /// The work returned by itself; the lease was released.
-    Released,
-    /// Shutdown was requested: the work was drained and the lease released (unless
-    /// `release_on_shutdown` is off).
-    ShutDown,
-}
-
-/// Why leadership was lost.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum LostReason {
-    /// No renewal succeeded for the renew deadline (store slow, unreachable or partitioned).
-    RenewDeadlineExceeded {
-        /// The last renewal error, if one was returned before the deadline.
-        last_error: Option<String>,
-    },
-    /// The record now names another holder, another term, or nobody.
-    TakenOver {
-        /// The holder now recorded (`None`: vacated by somebody else).
-        holder: Option<String>,
-    },
-    /// The record was deleted.
-    Deleted,
-    /// The store refused the renewal for good (permission revoked, record garbled).
-    StoreError {
-        /// The error, as text; `run` returns the error itself.
-        error: String,
-    },
-}
-
-impl std::fmt::Display for LostReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            LostReason::RenewDeadlineExceeded {
-                last_error: Some(e),
-            } => {
-                write!(
-                    f,
-                    "no renewal succeeded within the renew deadline (last error: {e})"
-                )
-            }
-            LostReason::RenewDeadlineExceeded { last_error: None } => {
-                f.write_str("no renewal succeeded within the renew deadline (store unreachable)")
-            }
-            LostReason::TakenOver { holder: Some(h) } => {
-                write!(f, "taken by another holder, {h:?}")
-            }
-            LostReason::TakenOver { holder: None } => f.write_str("vacated by somebody else"),
-            LostReason::Deleted => f.write_str("the record was deleted"),
-            LostReason::StoreError { error } => write!(f, "the store refused the renewal: {error}"),
-        }
-    }
-}
+pub use crate::term::{LostReason, StopReason, Term};
 
 type NewLeaderFn = Arc<dyn Fn(Option<&Leader>) + Send + Sync>;
 type StoppedFn = Arc<dyn Fn(&StopReason) + Send + Sync>;
@@ -123,6 +64,7 @@ pub struct LeaderElector<S> {
     on_new_leader: Option<NewLeaderFn>,
     on_stopped_leading: Option<StoppedFn>,
     state: watch::Sender<LeaderState>,
+    history: Option<SharedHistory>,
 }
 
 /// Builds a [`LeaderElector`]; [`build`](Self::build) validates the settings.
@@ -133,6 +75,7 @@ pub struct Builder<S> {
     config: Config,
     on_new_leader: Option<NewLeaderFn>,
     on_stopped_leading: Option<StoppedFn>,
+    history: Option<SharedHistory>,
 }
 
 impl<S: LeaseStore> LeaderElector<S> {
@@ -144,6 +87,7 @@ impl<S: LeaseStore> LeaderElector<S> {
             config: Config::default(),
             on_new_leader: None,
             on_stopped_leading: None,
+            history: None,
         }
     }
 
@@ -206,56 +150,9 @@ impl<S: LeaseStore> Builder<S> {
         self.config = config;
         self
     }
-    /// This candidate's identity (default: [`default_identity`]).
-    pub fn identity(mut self, identity: impl Into<String>) -> Self {
-        self.config.identity = identity.into();
-        self
-    }
-    /// `L`, see [`Config::lease_duration`].
-    pub fn lease_duration(mut self, d: Duration) -> Self {
-        self.config.lease_duration = d;
-        self
-    }
-    /// `D`, see [`Config::renew_deadline`].
-    pub fn renew_deadline(mut self, d: Duration) -> Self {
-        self.config.renew_deadline = d;
-        self
-    }
-    /// `R`, see [`Config::retry_period`].
-    pub fn retry_period(mut self, d: Duration) -> Self {
-        self.config.retry_period = d;
-        self
-    }
-    /// See [`Config::jitter`].
-    pub fn jitter(mut self, factor: f64) -> Self {
-        self.config.jitter = factor;
-        self
-    }
-    /// See [`Config::call_timeout`].
-    pub fn call_timeout(mut self, d: Duration) -> Self {
-        self.config.call_timeout = Some(d);
-        self
-    }
-    /// See [`Config::drain_timeout`].
-    pub fn drain_timeout(mut self, d: Duration) -> Self {
-        self.config.drain_timeout = d;
-        self
-    }
-    /// See [`Config::release_on_shutdown`].
-    pub fn release_on_shutdown(mut self, on: bool) -> Self {
-        self.config.release_on_shutdown = on;
-        self
-    }
-    /// See [`Config::recampaign`]; `false` gives client-go's one-shot behaviour.
-    pub fn recampaign(mut self, on: bool) -> Self {
-        self.config.recampaign = on;
-        self
-    }
-    /// See [`Config::value`].
-    pub fn value(mut self, value: impl Into<String>) -> Self {
-        self.config.value = Some(value.into());
-        self
-    }
+    timing_setters!(config);
+    elector_setters!(config);
+
     /// Called on every observed change of holder, ours and vacancy (`None`) included.
     pub fn on_new_leader(mut self, f: impl Fn(Option<&Leader>) + Send + Sync + 'static) -> Self {
         self.on_new_leader = Some(Arc::new(f));
@@ -280,7 +177,15 @@ impl<S: LeaseStore> Builder<S> {
             on_new_leader: self.on_new_leader,
             on_stopped_leading: self.on_stopped_leading,
             state: watch::channel(LeaderState::Unknown).0,
+            history: self.history,
         })
+    }
+
+    /// Starts from, and leaves behind, what an earlier elector of this process observed (the
+    /// `Mutex` keeps one per lock).
+    pub(crate) fn history(mut self, history: SharedHistory) -> Self {
+        self.history = Some(history);
+        self
     }
 }
 
@@ -304,6 +209,12 @@ impl Shutdown<'_> {
             self.fired = true;
         }
     }
+
+    /// Whether shutdown has been requested by now, without waiting. Checked before every
+    /// step that could start a term: after shutdown is requested, none may start.
+    fn requested(&mut self) -> bool {
+        self.fired || self.wait().now_or_never().is_some()
+    }
 }
 
 /// Watch notifications, resubscribed after the stream ends. Cancellation safe.
@@ -313,19 +224,26 @@ struct Wakeups {
 }
 
 impl Wakeups {
-    async fn next<S: LeaseStore>(&mut self, store: &S, name: &str, retry: Duration) {
+    /// The next notification; an error that retrying cannot fix (permission denied) is
+    /// returned once, and the watch is not resubscribed.
+    async fn next<S: LeaseStore>(&mut self, store: &S, name: &str, retry: Duration) -> Result<()> {
         loop {
             if let Some(at) = self.resubscribe_at {
                 sleep_until(at).await;
                 self.resubscribe_at = None;
                 self.stream = store.watch(name);
                 // Something may have changed while we were not watching: re-read.
-                return;
+                return Ok(());
             }
             match &mut self.stream {
                 None => std::future::pending::<()>().await,
                 Some(s) => match s.next().await {
-                    Some(Ok(())) => return,
+                    Some(Ok(())) => return Ok(()),
+                    Some(Err(e)) if !e.is_retryable() => {
+                        warn!(error = %e, "the store refused the watch");
+                        self.stream = None;
+                        return Err(e);
+                    }
                     Some(Err(e)) => {
                         debug!(error = %e, "watch error; resubscribing");
                         self.stream = None;
@@ -342,18 +260,50 @@ impl Wakeups {
     }
 }
 
+/// What an elector remembers of an election between runs: its last observation (with the
+/// instant it first saw that version) and the highest fencing token it ever saw. A `Mutex`
+/// keeps one across acquisitions, so that repeated `try_lock`s count a dead holder's lease
+/// and never reuse a token.
+#[derive(Debug, Default)]
+pub(crate) struct History {
+    observed: Option<Observed>,
+    highest_token: u64,
+}
+
+pub(crate) type SharedHistory = Arc<Mutex<History>>;
+
 struct Runner<'a, S> {
     el: &'a LeaderElector<S>,
     shutdown: Shutdown<'a>,
     wakeups: Wakeups,
     observed: Option<Observed>,
+    /// The highest token seen for this election, by read or by our own writes: a new term
+    /// always asks for more.
+    highest_token: u64,
     reported_holder: Option<Option<String>>,
     call_timeout: Duration,
+}
+
+impl<S> Drop for Runner<'_, S> {
+    fn drop(&mut self) {
+        if let Some(h) = &self.el.history {
+            let mut h = h.lock().unwrap_or_else(PoisonError::into_inner);
+            h.observed = self.observed.take();
+            h.highest_token = h.highest_token.max(self.highest_token);
+        }
+    }
 }
 
 impl<'a, S: LeaseStore> Runner<'a, S> {
     fn new(el: &'a LeaderElector<S>, shutdown: impl Future<Output = ()> + Send + 'a) -> Self {
         let stream = el.store.watch(&el.name);
+        let (observed, highest_token) = match &el.history {
+            Some(h) => {
+                let h = h.lock().unwrap_or_else(PoisonError::into_inner);
+                (h.observed.clone(), h.highest_token)
+            }
+            None => (None, 0),
+        };
         Runner {
             el,
             shutdown: Shutdown {
@@ -364,9 +314,17 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
                 stream,
                 resubscribe_at: None,
             },
-            observed: None,
+            observed,
+            highest_token,
             reported_holder: None,
             call_timeout: el.config.effective_call_timeout(),
+        }
+    }
+
+    /// Records the token of the current observation as seen.
+    fn note_token(&mut self) {
+        if let Some(o) = &self.observed {
+            self.highest_token = self.highest_token.max(o.record.transitions);
         }
     }
 
@@ -441,6 +399,7 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
         )
         .await?;
         self.observed = Observed::refresh(self.observed.take(), fresh, Instant::now());
+        self.note_token();
         Ok(())
     }
 
@@ -450,7 +409,7 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
         let el = self.el;
         let mut attempt: u32 = 0;
         loop {
-            if self.shutdown.fired {
+            if self.shutdown.requested() {
                 return Ok(None);
             }
             attempt = attempt.saturating_add(1);
@@ -461,7 +420,7 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
                 }
                 warn!(election = %el.name, error = %e, "reading the lease failed; retrying");
                 let pause = self.retry_delay(attempt);
-                if self.pause(Some(pause), None).await {
+                if self.pause(Some(pause), None).await? {
                     return Ok(None);
                 }
                 continue;
@@ -479,6 +438,9 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
                 }
                 Decision::Follow { expires_at, .. } => Some(expires_at),
                 Decision::Create | Decision::Acquire if campaigning => {
+                    if self.shutdown.requested() {
+                        return Ok(None);
+                    }
                     match self.try_acquire(&decision).await {
                         Ok(Some(sent)) => return Ok(Some(sent)),
                         Ok(None) if self.cfg().single_attempt => return Ok(None),
@@ -498,31 +460,45 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
             // restarts this wait, so a store whose watch does report renewals (Kubernetes)
             // costs no extra reads. Either way, wake at the observed expiry.
             let poll = Some(self.retry_delay(attempt));
-            if self.pause(poll, expires_at).await {
+            if self.pause(poll, expires_at).await? {
                 return Ok(None);
             }
         }
     }
 
-    /// Waits for a watch event, `poll` to pass, `until`, or shutdown (returns `true`).
-    async fn pause(&mut self, poll: Option<Duration>, until: Option<Instant>) -> bool {
+    /// Waits for a watch event, `poll` to pass, `until`, or shutdown (returns `true`); a watch
+    /// error that retrying cannot fix is returned.
+    async fn pause(&mut self, poll: Option<Duration>, until: Option<Instant>) -> Result<bool> {
         let (store, name, retry) = (&self.el.store, &self.el.name, self.el.config.retry_period);
         let poll_at = poll.map(|p| Instant::now() + p);
-        tokio::select! {
-            _ = self.shutdown.wait() => true,
-            _ = self.wakeups.next(store, name, retry) => false,
-            _ = sleep_until(poll_at.unwrap_or_else(far_future)), if poll_at.is_some() => false,
-            _ = sleep_until(until.unwrap_or_else(far_future)), if until.is_some() => false,
+        let woken = tokio::select! {
+            _ = self.shutdown.wait() => return Ok(true),
+            w = self.wakeups.next(store, name, retry) => w,
+            _ = sleep_until(poll_at.unwrap_or_else(far_future)), if poll_at.is_some() => Ok(()),
+            _ = sleep_until(until.unwrap_or_else(far_future)), if until.is_some() => Ok(()),
+        };
+        if let Err(e) = woken {
+            self.publish(None);
+            return Err(e);
         }
+        Ok(false)
     }
 
     /// One attempt to take the lease. `Ok(None)`: somebody else wrote first.
     async fn try_acquire(&mut self, decision: &Decision) -> Result<Option<Instant>> {
         let el = self.el;
         let cfg = &el.config;
+        let Some(token) = next_token(self.observed.as_ref(), self.highest_token) else {
+            return Err(Error::Fencing {
+                store: el.store.kind(),
+                name: el.name.clone(),
+                reason: "an earlier term already had the largest token, u64::MAX".into(),
+            });
+        };
         let record = next_record(
             decision,
             self.observed.as_ref(),
+            token,
             &cfg.identity,
             cfg.lease_duration,
             cfg.value.as_deref(),
@@ -532,49 +508,55 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
             None => PutMode::Create,
             Some(o) => PutMode::Update(o.version.clone()),
         };
-        let created = mode == PutMode::Create;
         let sent = Instant::now();
-        match with_timeout(
+        let written = with_timeout(
             el.store.kind(),
             "put",
             &el.name,
             self.call_timeout,
             el.store.put(&el.name, &record, mode),
         )
-        .await
-        {
-            Ok(version) => {
-                let mut record = record;
-                if created {
-                    // A store may raise `transitions` when it creates a record (see the
-                    // `LeaseStore` contract): adopt what it stored, or start over.
-                    let stored = with_timeout(
-                        el.store.kind(),
-                        "get",
-                        &el.name,
-                        self.call_timeout,
-                        el.store.get(&el.name),
-                    )
-                    .await?;
-                    match stored {
-                        Some((r, v)) if v == version => record = r,
-                        _ => return Ok(None),
-                    }
-                }
-                info!(election = %el.name, identity = %cfg.identity, fencing_token = record.transitions, "acquired the lease");
-                self.observed = Some(Observed {
-                    record,
-                    version,
-                    since: sent,
-                });
-                Ok(Some(sent))
-            }
+        .await;
+        // Whether or not it landed, this token may now exist: never ask for it again.
+        self.highest_token = self.highest_token.max(token);
+        let version = match written {
+            Ok(v) => v,
             Err(e) if e.is_conflict() => {
                 debug!(election = %el.name, "lost the race to acquire");
-                Ok(None)
+                return Ok(None);
             }
-            Err(e) => Err(e),
+            Err(e) => return Err(e),
+        };
+        // A store may raise the token of a write that starts a term (see the `LeaseStore`
+        // contract): adopt what it stored, or, if the record already moved on, start over.
+        let stored = with_timeout(
+            el.store.kind(),
+            "get",
+            &el.name,
+            self.call_timeout,
+            el.store.get(&el.name),
+        )
+        .await?;
+        let record = match stored {
+            Some(s) if s.version == version => s.record,
+            _ => return Ok(None),
+        };
+        info!(election = %el.name, identity = %cfg.identity, fencing_token = record.transitions, "acquired the lease");
+        self.observed = Some(Observed {
+            record,
+            version,
+            since: sent,
+        });
+        self.note_token();
+        if self.shutdown.requested() {
+            // Shutdown came while the write was in flight: no term starts; give the lease back.
+            info!(election = %el.name, "shutdown requested while acquiring; releasing");
+            let token = self.observed.as_ref().map_or(0, |o| o.record.transitions);
+            self.release(token, sent + cfg.renew_deadline).await;
+            self.publish(None);
+            return Ok(None);
         }
+        Ok(Some(sent))
     }
 
     /// Leads one term, from the winning write sent at `acquired_at`.
@@ -625,7 +607,13 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
                 _ = sleep_until(drain_until.unwrap_or_else(far_future)), if drain_until.is_some() => {
                     warn!(election = %el.name, "the work did not finish within drain_timeout; aborting it");
                     task.abort();
-                    let _ = (&mut task).await;
+                    // Work that never yields cannot be aborted: wait for it only briefly, and
+                    // release while the lease is still ours.
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let bound = self.call_timeout.min(left / 2);
+                    if tokio::time::timeout(bound, &mut task).await.is_err() {
+                        warn!(election = %el.name, "the aborted work has not yielded; releasing without it");
+                    }
                     break false;
                 }
                 _ = self.shutdown.wait(), if drain_until.is_none() => {
@@ -672,7 +660,11 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
                         }
                     }
                 }
-                _ = self.wakeups.next(&el.store, &el.name, cfg.retry_period) => {
+                woken = self.wakeups.next(&el.store, &el.name, cfg.retry_period) => {
+                    if let Err(e) = woken {
+                        let reason = LostReason::StoreError { error: e.to_string() };
+                        return self.lost(&term, task, reason, Some(e)).await;
+                    }
                     match self.check_still_ours(token, deadline).await {
                         Ok(Some(reason)) => return self.lost(&term, task, reason, None).await,
                         Ok(None) => {}
@@ -721,6 +713,7 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
         let record = next_record(
             &Decision::Renew,
             Some(obs),
+            obs.record.transitions,
             &cfg.identity,
             cfg.lease_duration,
             cfg.value.as_deref(),

@@ -111,6 +111,47 @@ pub enum Error {
         operation: &'static str,
     },
 
+    /// The record is larger than the store can hold, or than a reader would accept; nothing
+    /// was written.
+    #[error("{store}: the record for {name:?} is {size} bytes, more than the {limit} bytes {store} allows ({what})")]
+    TooLarge {
+        /// The store that refused the record.
+        store: &'static str,
+        /// The election or lock name.
+        name: String,
+        /// The record's encoded size in bytes, as the store would write it.
+        size: usize,
+        /// The store's limit in bytes.
+        limit: usize,
+        /// What the limit is, for example "a Lease's annotations".
+        what: &'static str,
+    },
+
+    /// No fencing token above every earlier one can be issued (the counter is exhausted, or
+    /// the store cannot provide a monotonic position); no term was started.
+    #[error("{store}: cannot issue a fencing token for {name:?}: {reason}")]
+    Fencing {
+        /// The store.
+        store: &'static str,
+        /// The election or lock name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// The store refused the record as invalid (for example a Kubernetes 422); retrying the
+    /// same write cannot succeed.
+    #[error("{store}: the record for {name:?} was refused as invalid")]
+    Rejected {
+        /// The store that refused the record.
+        store: &'static str,
+        /// The election or lock name.
+        name: String,
+        /// The backend's own error.
+        #[source]
+        source: BoxError,
+    },
+
     /// Any other backend failure.
     #[error("{store}: backend error")]
     Backend {
@@ -129,8 +170,8 @@ impl Error {
     }
 
     /// Whether retrying the same call later may succeed (timeouts, unavailability, conflicts,
-    /// transient backend errors). Permission, decoding, naming and configuration errors are
-    /// final: the elector reports them instead of retrying forever.
+    /// transient backend errors). Permission, decoding, naming, size, fencing and configuration
+    /// errors are final: the elector reports them instead of retrying forever.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,

@@ -1,28 +1,97 @@
 //! [`KubeLeaseStore`]: elections and locks on Kubernetes `coordination.k8s.io/v1` Leases,
 //! shareable with client-go's `tools/leaderelection`.
 //!
-//! One Lease per election name, in one namespace, written exactly as client-go writes it:
+//! One Lease per election name, in one namespace, written as client-go writes it plus two
+//! annotations of tenure's:
 //!
 //! | [`LeaseRecord`] | Lease | notes |
 //! | --- | --- | --- |
 //! | `holder` | `spec.holderIdentity` | `""` and absent both read as vacant; vacant is written as `""` |
-//! | `lease_duration` | `spec.leaseDurationSeconds` | whole seconds, 1 to `i32::MAX`; anything else is refused with [`Error::Config`] |
+//! | `lease_duration` | `spec.leaseDurationSeconds` | whole seconds from 1 to 604 800 ([`MAX_DURATION`], 7 days): writing anything else is refused with [`Error::Config`]; a Lease claiming more is refused by readers with [`Error::Decode`] (its holder would never expire) |
 //! | `acquire_time`, `renew_time` | `spec.acquireTime`, `spec.renewTime` | `MicroTime`: microseconds |
-//! | `transitions` | `spec.leaseTransitions` | an `int32`: a fencing token beyond `i32::MAX` is refused with [`Error::Config`], never wrapped |
+//! | `transitions` (the fencing token) | annotation [`TOKEN_ANNOTATION`]: `"<token>/<leaseTransitions>"` | a `u64`; see [Fencing tokens](#fencing-tokens). Without the annotation (a Lease only client-go wrote) `spec.leaseTransitions` is read |
+//! | — | `spec.leaseTransitions` | client-go's counter (an `int32`): a write that starts a term stores the Lease's previous value + 1, any other write keeps it; saturates at `i32::MAX`, never refused |
 //! | `value` | annotation [`VALUE_ANNOTATION`] | absent when `None` |
 //! | [`Version`] | `metadata.resourceVersion` | every write is an update with it as precondition |
 //!
 //! A release is written the way client-go's `ReleaseOnCancel` writes it: `holderIdentity: ""`,
-//! `leaseDurationSeconds: 1`, `acquireTime` and `renewTime` now, `leaseTransitions` kept. So a
-//! vacant record reads back with a lease duration of one second.
+//! `leaseDurationSeconds: 1`, `acquireTime` and `renewTime` now, `leaseTransitions` and the
+//! token kept. So a vacant record reads back with a lease duration of one second. Other labels,
+//! annotations and owner references on the Lease are kept, as client-go keeps them.
 //!
-//! tenure counts every new term in `leaseTransitions` (also a new term of the same holder),
-//! client-go only a change of holder; both only ever increase it, so the two can share a
-//! Lease and the counter stays a fencing token.
+//! `get` reports no [`Stored::age`]: the only times on a Lease are the writers' own wall
+//! clocks, and the API server tells no age on its clock. A fresh process therefore waits a
+//! whole lease duration for a holder that stopped renewing.
 //!
-//! A Lease tenure cannot read — a holder without a positive `leaseDurationSeconds`, a negative
-//! `leaseTransitions` — makes `get` fail with [`Error::Decode`] naming `namespace/name`, and is
-//! never overwritten.
+//! # Fencing tokens
+//!
+//! `spec.leaseTransitions` cannot be the token: it is an `int32`, client-go gives it its own
+//! meaning (changes of holder), and after `kubectl delete lease` it starts again at 0 while a
+//! deposed leader may still hold, say, 57. tenure keeps the token in the annotation
+//! [`TOKEN_ANNOTATION`] and takes its floor from etcd's revision:
+//!
+//! - **Every token tenure stores is at most the `resourceVersion` of the write that stores
+//!   it.** A write that [starts a term](crate::starts_term) is an update of the Lease's
+//!   resourceVersion `rv` (a precondition), and stores the token `max(asked, rv + 1)`: the
+//!   elector asks for one above every token it saw, the floor covers what it never saw.
+//!   Renewals and releases keep the token.
+//! - On an etcd-backed API server a resourceVersion is etcd's revision: cluster-wide,
+//!   increasing, never reused. Every earlier write to the Lease — also to incarnations of it
+//!   deleted since, by `kubectl delete lease` or anyone — had a revision of at most `rv`, so
+//!   `rv + 1` is above every token any earlier term of the election carried, even for a
+//!   process that never saw them. The store therefore claims
+//!   [`durable_tokens`](crate::Capabilities::durable_tokens). Tokens are large numbers that
+//!   jump (the revision counts every write in the cluster); only their order means anything.
+//! - **Create.** `put(Create)` first creates a vacant placeholder Lease (`holderIdentity: ""`,
+//!   `leaseDurationSeconds: 1`, `leaseTransitions: 0`, no tenure annotations), then updates it
+//!   with the record, the placeholder's resourceVersion being both the precondition and the
+//!   floor. If somebody updated the placeholder first, the create fails with
+//!   [`Error::AlreadyExists`]. If the update fails otherwise or the call is cancelled between
+//!   the two, the vacant placeholder stays: a vacant Lease, which anybody may acquire.
+//! - **Fail safe.** A resourceVersion that is not a decimal number (an API server not backed
+//!   by etcd) makes a write that starts a term fail with [`Error::Fencing`] before it is sent
+//!   (a create leaves only its vacant placeholder): tenure never issues a token that might
+//!   repeat one.
+//! - **The annotation.** `"<token>/<leaseTransitions>"`, the second part being the
+//!   `leaseTransitions` the same write stored. If it equals `spec.leaseTransitions`, the
+//!   current term is tenure's and carries that token. If it differs, a client-go elector
+//!   started a term since (client-go copies the Lease's metadata, so it keeps the
+//!   annotation): the record still reads with that token — the last token tenure issued —
+//!   since a client-go term has none, and the next term tenure starts goes above it anyway.
+//!   An annotation that is not two decimal numbers joined by `/` is [`Error::Decode`].
+//!
+//! What can still break the rule, so an operator must not do it:
+//!
+//! - **Restoring etcd from a backup taken before the latest term started.** The revision goes
+//!   back to the backup's, and new terms can repeat tokens issued after the backup. (etcd's
+//!   `etcdutl snapshot restore --bump-revision`, where available, restores with revisions
+//!   above those ever issued.)
+//! - **An API server whose resourceVersions are decimal numbers but not etcd revisions** —
+//!   not increasing across the whole store, or reused (a storage other than etcd that numbers
+//!   objects its own way). tenure cannot detect it.
+//! - **Writing the annotation by hand.** A smaller token cannot lower the next term's (the
+//!   floor does not depend on it), but one near `u64::MAX` exhausts the tokens
+//!   ([`Error::Fencing`]).
+//! - **Running an older tenure on the same Lease.** Versions that kept the token in
+//!   `leaseTransitions` issue smaller tokens than this one.
+//!
+//! # Sizes
+//!
+//! The API server refuses (422) a Lease whose annotations, keys and values together, exceed
+//! 256 KiB ([`ANNOTATIONS_LIMIT`], 262 144 bytes). tenure checks before writing: the value,
+//! the Lease's other annotations, and its token annotation counted at its widest (so that a
+//! record that fits once fits whatever the token becomes). A record over the limit fails with
+//! [`Error::TooLarge`] and nothing is written. Any 422 (`Invalid`) the API server still
+//! answers is [`Error::Rejected`]: final, never retried.
+//!
+//! # Unreadable Leases and errors
+//!
+//! A Lease tenure cannot read — a holder without a positive `leaseDurationSeconds`, a
+//! duration over 7 days, a negative `leaseTransitions`, a malformed [`TOKEN_ANNOTATION`] —
+//! makes `get` fail with [`Error::Decode`] naming `namespace/name`, and is never overwritten.
+//! A 401 or 403 is [`Error::PermissionDenied`] naming the verb (`get`, `watch`, `create`,
+//! `update`, `delete`); on the watch it is yielded once and ends the stream, and the elector
+//! stops with it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -41,13 +110,27 @@ use kube::{Api, Client, Resource};
 use tracing::debug;
 
 use crate::error::{with_timeout, Error, Result};
-use crate::record::LeaseRecord;
-use crate::store::{LeaseStore, PutMode, Version, WatchStream};
+use crate::record::{LeaseRecord, MAX_DURATION};
+use crate::store::{starts_term, Capabilities, LeaseStore, PutMode, Stored, Version, WatchStream};
 
 const KIND: &str = "kubernetes";
 
 /// The annotation holding [`LeaseRecord::value`], the leader's published value.
 pub const VALUE_ANNOTATION: &str = "tenure.rs/value";
+
+/// The annotation holding the fencing token ([`LeaseRecord::transitions`]) as
+/// `"<token>/<leaseTransitions>"`; see [Fencing tokens](self#fencing-tokens).
+pub const TOKEN_ANNOTATION: &str = "tenure.rs/fencing-token";
+
+/// The most a Lease's annotations, keys and values together, may hold in bytes: the API
+/// server's limit (256 KiB). See [Sizes](self#sizes).
+pub const ANNOTATIONS_LIMIT: usize = 256 * 1024;
+
+/// What [`ANNOTATIONS_LIMIT`] limits, for [`Error::TooLarge`].
+const ANNOTATIONS_WHAT: &str = "a Lease's annotations (keys and values together)";
+
+/// The longest [`TOKEN_ANNOTATION`] value: `u64::MAX` and `i32::MAX`, joined by `/`.
+const TOKEN_VALUE_WIDEST: usize = 20 + 1 + 10;
 
 /// The `reportingController` of the Events tenure records.
 pub const EVENT_CONTROLLER: &str = "tenure.rs/leader-election";
@@ -69,7 +152,7 @@ const WATCH_SECONDS: u32 = 240;
 pub fn default_identity() -> String {
     match std::env::var("POD_NAME") {
         Ok(pod) if !pod.trim().is_empty() => pod.trim().to_owned(),
-        _ => crate::elector::default_identity(),
+        _ => crate::identity::default_identity(),
     }
 }
 
@@ -409,6 +492,12 @@ fn map_err(namespace: &str, verb: &'static str, name: &str, e: kube::Error) -> E
                 message: status.message.clone(),
             }),
         },
+        // Invalid: the API server's validation refused the object; the same write cannot pass.
+        (422, _) => Error::Rejected {
+            store: KIND,
+            name: name.to_owned(),
+            source: Box::new(ApiStatus(status)),
+        },
         (429 | 500..=599, _) => Error::Unavailable {
             store: KIND,
             source: Box::new(ApiStatus(status)),
@@ -484,27 +573,18 @@ fn from_micro(t: Option<&MicroTime>) -> Option<SystemTime> {
     t.map(|t| SystemTime::from(t.0))
 }
 
-/// The Lease spec and value annotation for `record` (a vacant record as client-go's release).
-fn encode(record: &LeaseRecord) -> Result<(LeaseSpec, Option<String>)> {
-    let transitions = i32::try_from(record.transitions).map_err(|_| {
-        Error::config(format!(
-            "kubernetes: leaseTransitions is an int32; the fencing token {} does not fit",
-            record.transitions
-        ))
-    })?;
+/// The Lease spec for `record` (a vacant record as client-go's release writes it), without
+/// `leaseTransitions`, which depends on the Lease it replaces.
+fn encode_spec(record: &LeaseRecord) -> Result<LeaseSpec> {
     let Some(holder) = &record.holder else {
         let now = to_micro(record.renew_time.or(Some(SystemTime::now())), "renew_time")?;
-        return Ok((
-            LeaseSpec {
-                holder_identity: Some(String::new()),
-                lease_duration_seconds: Some(1),
-                acquire_time: now.clone(),
-                renew_time: now,
-                lease_transitions: Some(transitions),
-                ..LeaseSpec::default()
-            },
-            None,
-        ));
+        return Ok(LeaseSpec {
+            holder_identity: Some(String::new()),
+            lease_duration_seconds: Some(1),
+            acquire_time: now.clone(),
+            renew_time: now,
+            ..LeaseSpec::default()
+        });
     };
     if holder.is_empty() {
         return Err(Error::config(
@@ -514,32 +594,194 @@ fn encode(record: &LeaseRecord) -> Result<(LeaseSpec, Option<String>)> {
     let d = record.lease_duration;
     let secs = i32::try_from(d.as_secs())
         .ok()
-        .filter(|&s| s > 0 && d.subsec_nanos() == 0)
+        .filter(|&s| s > 0 && d.subsec_nanos() == 0 && d <= MAX_DURATION)
         .ok_or_else(|| {
             Error::config(format!(
                 "kubernetes: lease_duration {d:?} is not a whole number of seconds from 1 to \
-                 {}: a Lease holds leaseDurationSeconds",
-                i32::MAX
+                 {} (7 days): a Lease holds leaseDurationSeconds",
+                MAX_DURATION.as_secs()
             ))
         })?;
-    Ok((
-        LeaseSpec {
-            holder_identity: Some(holder.clone()),
-            lease_duration_seconds: Some(secs),
-            acquire_time: to_micro(record.acquire_time, "acquire_time")?,
-            renew_time: to_micro(record.renew_time, "renew_time")?,
-            lease_transitions: Some(transitions),
-            ..LeaseSpec::default()
+    Ok(LeaseSpec {
+        holder_identity: Some(holder.clone()),
+        lease_duration_seconds: Some(secs),
+        acquire_time: to_micro(record.acquire_time, "acquire_time")?,
+        renew_time: to_micro(record.renew_time, "renew_time")?,
+        ..LeaseSpec::default()
+    })
+}
+
+/// The lowest token a write replacing resourceVersion `rv` may store: `rv + 1`, above every
+/// token any earlier write stored (see [Fencing tokens](self#fencing-tokens)).
+fn token_floor(namespace: &str, name: &str, rv: Option<&str>) -> Result<u64> {
+    let rv = rv.unwrap_or_default();
+    let fencing = |reason: String| Error::Fencing {
+        store: KIND,
+        name: name.to_owned(),
+        reason,
+    };
+    let n = parse_decimal::<u64>(rv).ok_or_else(|| {
+        fencing(format!(
+            "the resourceVersion {rv:?} of lease {name:?} in namespace {namespace:?} is not a \
+             decimal number, so the API server is not backed by etcd the way tenure relies on \
+             (etcd's revision as a floor for fencing tokens); refusing to start a term whose \
+             token might repeat an earlier one"
+        ))
+    })?;
+    n.checked_add(1).ok_or_else(|| {
+        fencing(format!(
+            "the resourceVersion of lease {name:?} in namespace {namespace:?} is u64::MAX"
+        ))
+    })
+}
+
+/// A decimal number: ASCII digits only (no sign, no spaces).
+fn parse_decimal<T: std::str::FromStr>(s: &str) -> Option<T> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// The [`TOKEN_ANNOTATION`] value: the token and the `leaseTransitions` written with it.
+fn format_token(token: u64, lease_transitions: i32) -> String {
+    format!("{token}/{lease_transitions}")
+}
+
+/// Parses a [`TOKEN_ANNOTATION`] value into the token and the `leaseTransitions` written
+/// with it.
+fn parse_token(value: &str) -> std::result::Result<(u64, i32), String> {
+    let malformed = || {
+        format!(
+            "annotation {TOKEN_ANNOTATION} is {value:?}, not \"<token>/<leaseTransitions>\" \
+             (two decimal numbers, the first at most u64::MAX, the second at most i32::MAX)"
+        )
+    };
+    let (token, lt) = value.split_once('/').ok_or_else(malformed)?;
+    match (parse_decimal(token), parse_decimal(lt)) {
+        (Some(token), Some(lt)) => Ok((token, lt)),
+        _ => Err(malformed()),
+    }
+}
+
+/// The total size the API server counts for `annotations` (every key and value), with
+/// [`TOKEN_ANNOTATION`] counted at its widest whatever it holds now.
+fn annotations_size(annotations: Option<&BTreeMap<String, String>>) -> usize {
+    let others: usize = annotations
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.as_str() != TOKEN_ANNOTATION)
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    others + TOKEN_ANNOTATION.len() + TOKEN_VALUE_WIDEST
+}
+
+/// Refuses annotations the API server would refuse (see [Sizes](self#sizes)).
+fn check_size(name: &str, annotations: Option<&BTreeMap<String, String>>) -> Result<()> {
+    let size = annotations_size(annotations);
+    if size > ANNOTATIONS_LIMIT {
+        return Err(Error::TooLarge {
+            store: KIND,
+            name: name.to_owned(),
+            size,
+            limit: ANNOTATIONS_LIMIT,
+            what: ANNOTATIONS_WHAT,
+        });
+    }
+    Ok(())
+}
+
+/// A write about to replace `current`: the Lease to send, the token it stores and whether it
+/// starts a term.
+struct Replacement {
+    lease: Lease,
+    token: u64,
+    starts_term: bool,
+}
+
+/// The Lease that replaces `current` (sent with its resourceVersion as precondition) with
+/// `record`. `previous` is the record `current` holds, `None` for tenure's placeholder.
+///
+/// A write that starts a term stores the token `max(record.transitions, rv + 1)` and
+/// `leaseTransitions` + 1 (saturating); any other write keeps both.
+fn replacement(
+    namespace: &str,
+    name: &str,
+    current: &Lease,
+    previous: Option<&LeaseRecord>,
+    record: &LeaseRecord,
+) -> Result<Replacement> {
+    let mut spec = encode_spec(record)?;
+    let starts = starts_term(previous, record);
+    let prev_lt = current
+        .spec
+        .as_ref()
+        .and_then(|s| s.lease_transitions)
+        .unwrap_or(0)
+        .max(0);
+    let (token, lt) = if starts {
+        let floor = token_floor(
+            namespace,
+            name,
+            current.metadata.resource_version.as_deref(),
+        )?;
+        (record.transitions.max(floor), prev_lt.saturating_add(1))
+    } else {
+        (record.transitions, prev_lt)
+    };
+    spec.lease_transitions = Some(lt);
+    let mut lease = current.clone();
+    set_annotation(&mut lease.metadata, VALUE_ANNOTATION, record.value.clone());
+    set_annotation(
+        &mut lease.metadata,
+        TOKEN_ANNOTATION,
+        Some(format_token(token, lt)),
+    );
+    check_size(name, lease.metadata.annotations.as_ref())?;
+    // The API server keeps an identical update as a no-op with the same resourceVersion;
+    // nudge renewTime by a microsecond so that every write is one. Compared as sent:
+    // MicroTime keeps microseconds only.
+    let same = serde_json::to_value(current.spec.as_ref()).ok()
+        == serde_json::to_value(Some(&spec)).ok()
+        && current.metadata.annotations == lease.metadata.annotations;
+    if same {
+        if let Some(t) = spec.renew_time.as_mut() {
+            t.0 =
+                t.0.checked_add(k8s_openapi::jiff::SignedDuration::from_micros(1))
+                    .unwrap_or(t.0);
+        }
+    }
+    lease.spec = Some(spec);
+    Ok(Replacement {
+        lease,
+        token,
+        starts_term: starts,
+    })
+}
+
+/// tenure's placeholder for `put(Create)`: a vacant Lease with `leaseTransitions: 0` and no
+/// tenure annotations, whose resourceVersion becomes the first term's floor.
+fn placeholder(namespace: &str, name: &str) -> Lease {
+    Lease {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            ..ObjectMeta::default()
         },
-        record.value.clone(),
-    ))
+        spec: Some(LeaseSpec {
+            holder_identity: Some(String::new()),
+            lease_duration_seconds: Some(1),
+            lease_transitions: Some(0),
+            ..LeaseSpec::default()
+        }),
+    }
 }
 
 /// The record a Lease holds, or why it holds none tenure can read.
 fn decode(lease: &Lease) -> std::result::Result<LeaseRecord, String> {
     let spec = lease.spec.clone().unwrap_or_default();
     let holder = spec.holder_identity.filter(|h| !h.is_empty());
-    let transitions = match spec.lease_transitions {
+    let lease_transitions = match spec.lease_transitions {
         None => 0,
         Some(t) => u64::try_from(t).map_err(|_| format!("leaseTransitions is negative ({t})"))?,
     };
@@ -556,12 +798,23 @@ fn decode(lease: &Lease) -> std::result::Result<LeaseRecord, String> {
         (Some(s), None) if s < 0 => return Err(format!("leaseDurationSeconds is negative ({s})")),
         (_, None) => Duration::from_secs(1),
     };
-    let value = lease
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(VALUE_ANNOTATION))
-        .cloned();
+    if lease_duration > MAX_DURATION {
+        return Err(format!(
+            "leaseDurationSeconds is {}, more than the {} (7 days) tenure accepts: its holder \
+             would practically never expire",
+            lease_duration.as_secs(),
+            MAX_DURATION.as_secs()
+        ));
+    }
+    let annotations = lease.metadata.annotations.as_ref();
+    // Fresh (its leaseTransitions part equals spec.leaseTransitions) or stale (a client-go
+    // elector started a term since and kept the annotation), the token is the annotation's:
+    // the last tenure issued.
+    let transitions = match annotations.and_then(|a| a.get(TOKEN_ANNOTATION)) {
+        Some(v) => parse_token(v)?.0,
+        None => lease_transitions,
+    };
+    let value = annotations.and_then(|a| a.get(VALUE_ANNOTATION)).cloned();
     Ok(LeaseRecord {
         holder,
         lease_duration,
@@ -572,16 +825,16 @@ fn decode(lease: &Lease) -> std::result::Result<LeaseRecord, String> {
     })
 }
 
-fn set_value(meta: &mut ObjectMeta, value: Option<String>) {
+fn set_annotation(meta: &mut ObjectMeta, key: &str, value: Option<String>) {
     match value {
         Some(v) => {
             meta.annotations
                 .get_or_insert_with(BTreeMap::new)
-                .insert(VALUE_ANNOTATION.to_owned(), v);
+                .insert(key.to_owned(), v);
         }
         None => {
             if let Some(a) = meta.annotations.as_mut() {
-                a.remove(VALUE_ANNOTATION);
+                a.remove(key);
                 if a.is_empty() {
                     meta.annotations = None;
                 }
@@ -607,7 +860,7 @@ impl LeaseStore for KubeLeaseStore {
         KIND
     }
 
-    async fn get(&self, name: &str) -> Result<Option<(LeaseRecord, Version)>> {
+    async fn get(&self, name: &str) -> Result<Option<Stored>> {
         check_name(name)?;
         let Some(lease) = self.read_lease(name).await? else {
             return Ok(None);
@@ -617,29 +870,29 @@ impl LeaseStore for KubeLeaseStore {
             key: self.key(name),
             source: Box::new(Undecodable(why)),
         })?;
-        Ok(Some((record, version_of(self, name, &lease)?)))
+        Ok(Some(Stored::new(record, version_of(self, name, &lease)?)))
     }
 
     async fn put(&self, name: &str, record: &LeaseRecord, mode: PutMode) -> Result<Version> {
         check_name(name)?;
-        let (mut spec, value) = encode(record)?;
-        let (previous, written) = match mode {
+        let ns = self.inner.namespace.as_str();
+        let (current, previous) = match mode {
             PutMode::Create => {
-                let mut meta = ObjectMeta {
-                    name: Some(name.to_owned()),
-                    namespace: Some(self.inner.namespace.clone()),
-                    ..ObjectMeta::default()
-                };
-                set_value(&mut meta, value);
-                let lease = Lease {
-                    metadata: meta,
-                    spec: Some(spec),
-                };
+                // Refuse what cannot be written before the placeholder is created.
+                encode_spec(record)?;
+                let mut meta = ObjectMeta::default();
+                set_annotation(&mut meta, VALUE_ANNOTATION, record.value.clone());
+                check_size(name, meta.annotations.as_ref())?;
                 let pp = PostParams::default();
                 let created = self
-                    .call("create", name, self.inner.api.create(&pp, &lease))
+                    .call(
+                        "create",
+                        name,
+                        self.inner.api.create(&pp, &placeholder(ns, name)),
+                    )
                     .await?;
-                (None, created)
+                self.remember(name, Some(created.clone()));
+                (created, None)
             }
             PutMode::Update(version) => {
                 let current = match self.remembered(name, &version) {
@@ -664,39 +917,36 @@ impl LeaseStore for KubeLeaseStore {
                     key: self.key(name),
                     source: Box::new(Undecodable(why)),
                 })?;
-                let mut lease = current.clone();
-                // The API server keeps an identical update as a no-op with the same
-                // resourceVersion; nudge renewTime by a microsecond so that every write is one.
-                let same = |a: Option<&LeaseSpec>, b: &LeaseSpec| {
-                    // Compared as sent: MicroTime keeps microseconds only.
-                    serde_json::to_value(a).ok() == serde_json::to_value(Some(b)).ok()
-                };
-                if same(lease.spec.as_ref(), &spec) && previous.value.as_deref() == value.as_deref()
-                {
-                    if let Some(t) = spec.renew_time.as_mut() {
-                        t.0 =
-                            t.0.checked_add(k8s_openapi::jiff::SignedDuration::from_micros(1))
-                                .unwrap_or(t.0);
-                    }
-                }
-                lease.spec = Some(spec);
-                set_value(&mut lease.metadata, value);
-                lease.metadata.resource_version = Some(version.as_str().to_owned());
-                let pp = PostParams::default();
-                let replaced = self
-                    .call("update", name, self.inner.api.replace(name, &pp, &lease))
-                    .await?;
-                (Some(previous), replaced)
+                (current, Some(previous))
             }
+        };
+        let creating = previous.is_none();
+        let next = replacement(ns, name, &current, previous.as_ref(), record)?;
+        let pp = PostParams::default();
+        let written = match self
+            .call(
+                "update",
+                name,
+                self.inner.api.replace(name, &pp, &next.lease),
+            )
+            .await
+        {
+            Ok(l) => l,
+            // Somebody wrote over our placeholder (or deleted it) first.
+            Err(Error::Conflict { .. }) if creating => {
+                return Err(Error::AlreadyExists {
+                    store: KIND,
+                    name: name.to_owned(),
+                })
+            }
+            Err(e) => return Err(e),
         };
         let version = version_of(self, name, &written)?;
         self.remember(name, Some(written.clone()));
+        debug!(lease = %self.key(name), fencing_token = next.token, starts_term = next.starts_term, "wrote the Lease");
         let prev_holder = previous.as_ref().and_then(|p| p.holder.as_deref());
         match &record.holder {
-            Some(h)
-                if prev_holder != Some(h.as_str())
-                    || previous.as_ref().map(|p| p.transitions) != Some(record.transitions) =>
-            {
+            Some(h) if next.starts_term => {
                 self.record_event(&written, format!("{h} became leader"), "Acquire");
             }
             None => {
@@ -746,6 +996,12 @@ impl LeaseStore for KubeLeaseStore {
         self.remember(name, None);
         Ok(())
     }
+
+    /// Tokens survive `kubectl delete lease`: their floor is etcd's revision (see
+    /// [Fencing tokens](self#fencing-tokens) for what can still break that).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE.with_durable_tokens(true)
+    }
 }
 
 /// Where a (re)started watch begins.
@@ -787,7 +1043,7 @@ impl Watcher {
                 }
                 match self.start().await {
                     Ok(s) => self.events = Some(s),
-                    Err(e) if matches!(e, Error::PermissionDenied { .. }) => {
+                    Err(e @ Error::PermissionDenied { .. }) => {
                         self.ended = true;
                         return Some(Err(e));
                     }
@@ -822,6 +1078,12 @@ impl Watcher {
                 Ok(Some(Ok(WatchEvent::Bookmark(b)))) => {
                     self.from = From::After(b.metadata.resource_version);
                 }
+                Ok(Some(Ok(WatchEvent::Error(status)))) if matches!(status.code, 401 | 403) => {
+                    return Some(Err(self.refused(kube::Error::Api(status))));
+                }
+                Ok(Some(Err(kube::Error::Api(status)))) if matches!(status.code, 401 | 403) => {
+                    return Some(Err(self.refused(kube::Error::Api(status))));
+                }
                 Ok(Some(Ok(WatchEvent::Error(status)))) => {
                     if status.code == 410 {
                         debug!(lease = %self.name, "the Lease watch expired (410 Gone); restarting");
@@ -842,6 +1104,14 @@ impl Watcher {
                 }
             }
         }
+    }
+
+    /// A 401 or 403 while watching: [`Error::PermissionDenied`] for verb `watch`, which ends
+    /// the stream (retrying cannot fix it).
+    fn refused(&mut self, e: kube::Error) -> Error {
+        self.ended = true;
+        self.events = None;
+        self.store.map_err("watch", &self.name, e)
     }
 
     async fn start(&mut self) -> Result<BoxStream<'static, kube::Result<WatchEvent<Lease>>>> {
@@ -898,43 +1168,274 @@ mod tests {
         assert!(dns1123_label("a.b").is_err());
     }
 
+    /// A Lease as the API server returns it, at resourceVersion `rv`.
+    fn stored(rv: &str, spec: LeaseSpec, annotations: &[(&str, &str)]) -> Lease {
+        let annotations: BTreeMap<String, String> = annotations
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Lease {
+            metadata: ObjectMeta {
+                name: Some("x".into()),
+                namespace: Some("ns".into()),
+                resource_version: Some(rv.into()),
+                annotations: (!annotations.is_empty()).then_some(annotations),
+                ..ObjectMeta::default()
+            },
+            spec: Some(spec),
+        }
+    }
+
+    fn annotation<'a>(lease: &'a Lease, key: &str) -> Option<&'a str> {
+        lease
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .map(String::as_str)
+    }
+
+    fn lease_transitions(lease: &Lease) -> Option<i32> {
+        lease.spec.as_ref().and_then(|s| s.lease_transitions)
+    }
+
     #[test]
     fn encode_decode_round_trip() {
         let mut r = LeaseRecord::held_by("pod-a", Duration::from_secs(15), 7);
         r.value = Some("10.0.0.1:80".into());
-        let (spec, value) = encode(&r).unwrap();
-        let mut lease = Lease {
-            metadata: ObjectMeta::default(),
-            spec: Some(spec),
-        };
-        set_value(&mut lease.metadata, value);
-        let back = decode(&lease).unwrap();
+        // A create, over the placeholder at resourceVersion 3: the floor (4) is below the 7
+        // asked for.
+        let p = stored("3", placeholder("ns", "x").spec.unwrap(), &[]);
+        let next = replacement("ns", "x", &p, None, &r).unwrap();
+        assert!(next.starts_term);
+        assert_eq!(next.token, 7);
+        assert_eq!(lease_transitions(&next.lease), Some(1));
+        assert_eq!(annotation(&next.lease, TOKEN_ANNOTATION), Some("7/1"));
+        let back = decode(&next.lease).unwrap();
         assert_eq!(back.holder, r.holder);
         assert_eq!(back.lease_duration, r.lease_duration);
         assert_eq!(back.transitions, 7);
         assert_eq!(back.value, r.value);
+        // A renewal keeps the token and leaseTransitions, and other annotations.
+        let mut written = next.lease;
+        written.metadata.resource_version = Some("50".into());
+        set_annotation(&mut written.metadata, "other", Some("kept".into()));
+        let renewal = replacement("ns", "x", &written, Some(&back), &back).unwrap();
+        assert!(!renewal.starts_term);
+        assert_eq!(renewal.token, 7);
+        assert_eq!(lease_transitions(&renewal.lease), Some(1));
+        assert_eq!(annotation(&renewal.lease, TOKEN_ANNOTATION), Some("7/1"));
+        assert_eq!(annotation(&renewal.lease, "other"), Some("kept"));
+        let again = decode(&renewal.lease).unwrap();
+        assert_eq!((again.holder, again.transitions), (back.holder.clone(), 7));
+        // An identical write is nudged by a microsecond, so that it is a write.
+        assert!(again.renew_time > back.renew_time);
+        // A big token round-trips: no int32 in the way.
+        let mut big = back.clone();
+        big.transitions = u64::MAX;
+        let next = replacement("ns", "x", &written, Some(&back), &big).unwrap();
+        assert_eq!(next.token, u64::MAX);
+        assert_eq!(decode(&next.lease).unwrap().transitions, u64::MAX);
+    }
+
+    #[test]
+    fn a_term_starts_above_the_resource_version() {
+        // kubectl delete lease, then a new incarnation: leaseTransitions restarted, while an
+        // earlier term held 57. The Lease is now at resourceVersion 1000 > 57.
+        let spec = LeaseSpec {
+            holder_identity: Some(String::new()),
+            lease_duration_seconds: Some(1),
+            lease_transitions: Some(2),
+            ..LeaseSpec::default()
+        };
+        let current = stored("1000", spec, &[(TOKEN_ANNOTATION, "3/2")]);
+        let previous = decode(&current).unwrap();
+        assert_eq!(previous.transitions, 3);
+        let r = LeaseRecord::held_by("b", Duration::from_secs(15), 4);
+        let next = replacement("ns", "x", &current, Some(&previous), &r).unwrap();
+        assert!(next.starts_term);
+        assert_eq!(
+            next.token, 1001,
+            "the floor is the replaced resourceVersion + 1"
+        );
+        assert_eq!(lease_transitions(&next.lease), Some(3));
+        assert_eq!(annotation(&next.lease, TOKEN_ANNOTATION), Some("1001/3"));
+        assert_eq!(decode(&next.lease).unwrap().transitions, 1001);
+        // Asking for more than the floor gets what was asked.
+        let r = LeaseRecord::held_by("b", Duration::from_secs(15), 5000);
+        let next = replacement("ns", "x", &current, Some(&previous), &r).unwrap();
+        assert_eq!(next.token, 5000);
+        // leaseTransitions saturates, never refused.
+        let mut at_max = current.clone();
+        at_max.spec.as_mut().unwrap().lease_transitions = Some(i32::MAX);
+        set_annotation(
+            &mut at_max.metadata,
+            TOKEN_ANNOTATION,
+            Some(format!("3/{}", i32::MAX)),
+        );
+        let next = replacement("ns", "x", &at_max, Some(&previous), &r).unwrap();
+        assert_eq!(lease_transitions(&next.lease), Some(i32::MAX));
+        // The floor's edge: u64::MAX has no successor.
+        assert!(matches!(
+            token_floor("ns", "x", Some(&u64::MAX.to_string())),
+            Err(Error::Fencing { .. })
+        ));
+    }
+
+    #[test]
+    fn a_resource_version_that_is_not_a_number_refuses_to_start_a_term() {
+        let spec = LeaseSpec {
+            holder_identity: Some("a".into()),
+            lease_duration_seconds: Some(15),
+            lease_transitions: Some(1),
+            ..LeaseSpec::default()
+        };
+        for rv in ["", "abc", "12a", "-5", "+5", " 5", "0x10"] {
+            let current = stored(rv, spec.clone(), &[(TOKEN_ANNOTATION, "9/1")]);
+            let previous = decode(&current).unwrap();
+            let r = LeaseRecord::held_by("b", Duration::from_secs(15), 10);
+            match replacement("ns", "x", &current, Some(&previous), &r) {
+                Err(Error::Fencing {
+                    store,
+                    name,
+                    reason,
+                }) => {
+                    assert_eq!((store, name.as_str()), (KIND, "x"));
+                    assert!(reason.contains("not a decimal number"), "{reason}");
+                }
+                Err(e) => panic!("{rv:?}: expected Fencing, got {e:?}"),
+                Ok(_) => panic!("{rv:?}: expected Fencing, got a write"),
+            }
+            // A renewal does not start a term: it needs no floor.
+            assert!(replacement("ns", "x", &current, Some(&previous), &previous).is_ok());
+        }
+    }
+
+    #[test]
+    fn token_annotations_are_decoded() {
+        let spec = |lt: i32| LeaseSpec {
+            holder_identity: Some("a".into()),
+            lease_duration_seconds: Some(15),
+            lease_transitions: Some(lt),
+            ..LeaseSpec::default()
+        };
+        // Fresh: written with this leaseTransitions.
+        let fresh = stored("9", spec(4), &[(TOKEN_ANNOTATION, "812/4")]);
+        assert_eq!(decode(&fresh).unwrap().transitions, 812);
+        // Stale: a client-go elector started a term since (leaseTransitions 5) and kept the
+        // annotation: the last tenure token.
+        let stale = stored("9", spec(5), &[(TOKEN_ANNOTATION, "812/4")]);
+        assert_eq!(decode(&stale).unwrap().transitions, 812);
+        // Absent: a Lease only client-go wrote.
+        let absent = stored("9", spec(5), &[]);
+        assert_eq!(decode(&absent).unwrap().transitions, 5);
+        assert_eq!(
+            decode(&stored("9", LeaseSpec::default(), &[]))
+                .unwrap()
+                .transitions,
+            0
+        );
+        // Malformed: never guessed at.
+        for bad in [
+            "",
+            "812",
+            "812/",
+            "/4",
+            "a/4",
+            "812/b",
+            "-1/4",
+            "812/-1",
+            "+812/4",
+            "812/4/1",
+            " 812/4",
+            "18446744073709551616/4",
+            "812/2147483648",
+        ] {
+            let lease = stored("9", spec(4), &[(TOKEN_ANNOTATION, bad)]);
+            let why = decode(&lease).expect_err(bad);
+            assert!(why.contains(TOKEN_ANNOTATION), "{bad:?}: {why}");
+        }
     }
 
     #[test]
     fn vacant_is_written_as_client_go_releases() {
-        let mut r = LeaseRecord::held_by("pod-a", Duration::from_secs(15), 7);
+        let held = LeaseRecord::held_by("pod-a", Duration::from_secs(15), 7);
+        let current = stored(
+            "20",
+            LeaseSpec {
+                holder_identity: Some("pod-a".into()),
+                lease_duration_seconds: Some(15),
+                lease_transitions: Some(3),
+                ..LeaseSpec::default()
+            },
+            &[(TOKEN_ANNOTATION, "7/3"), (VALUE_ANNOTATION, "v")],
+        );
+        let mut r = held.clone();
         r.holder = None;
-        let (spec, value) = encode(&r).unwrap();
+        r.value = None;
+        let next = replacement("ns", "x", &current, Some(&held), &r).unwrap();
+        assert!(!next.starts_term);
+        let spec = next.lease.spec.clone().unwrap();
         assert_eq!(spec.holder_identity.as_deref(), Some(""));
         assert_eq!(spec.lease_duration_seconds, Some(1));
-        assert_eq!(spec.lease_transitions, Some(7));
+        assert_eq!(spec.lease_transitions, Some(3));
         assert_eq!(spec.acquire_time, spec.renew_time);
-        assert!(value.is_none());
+        assert_eq!(annotation(&next.lease, TOKEN_ANNOTATION), Some("7/3"));
+        assert_eq!(annotation(&next.lease, VALUE_ANNOTATION), None);
     }
 
     #[test]
     fn unrepresentable_records_are_refused() {
         let half = LeaseRecord::held_by("a", Duration::from_millis(1500), 1);
-        assert!(matches!(encode(&half), Err(Error::Config { .. })));
-        let big = LeaseRecord::held_by("a", Duration::from_secs(1), u64::from(u32::MAX));
-        assert!(matches!(encode(&big), Err(Error::Config { .. })));
-        let ok = LeaseRecord::held_by("a", Duration::from_secs(1), i32::MAX as u64);
-        assert!(encode(&ok).is_ok());
+        assert!(matches!(encode_spec(&half), Err(Error::Config { .. })));
+        let long = LeaseRecord::held_by("a", MAX_DURATION + Duration::from_secs(1), 1);
+        assert!(matches!(encode_spec(&long), Err(Error::Config { .. })));
+        assert!(encode_spec(&LeaseRecord::held_by("a", MAX_DURATION, 1)).is_ok());
+        let empty = LeaseRecord::held_by("", Duration::from_secs(1), 1);
+        assert!(matches!(encode_spec(&empty), Err(Error::Config { .. })));
+        // Tokens beyond int32 are fine: the token lives in an annotation.
+        let big = LeaseRecord::held_by("a", Duration::from_secs(1), u64::from(u32::MAX) + 1);
+        assert!(encode_spec(&big).is_ok());
+    }
+
+    #[test]
+    fn oversized_annotations_are_refused() {
+        let current = stored("5", placeholder("ns", "x").spec.unwrap(), &[]);
+        // The most a value may hold: the limit less both annotations' keys and the widest token.
+        let room = ANNOTATIONS_LIMIT
+            - VALUE_ANNOTATION.len()
+            - TOKEN_ANNOTATION.len()
+            - TOKEN_VALUE_WIDEST;
+        let mut r = LeaseRecord::held_by("a", Duration::from_secs(5), 1);
+        r.value = Some("v".repeat(room));
+        assert!(replacement("ns", "x", &current, None, &r).is_ok());
+        r.value = Some("v".repeat(room + 1));
+        match replacement("ns", "x", &current, None, &r) {
+            Err(Error::TooLarge {
+                store,
+                size,
+                limit,
+                what,
+                ..
+            }) => {
+                assert_eq!(store, KIND);
+                assert_eq!(size, ANNOTATIONS_LIMIT + 1);
+                assert_eq!(limit, 262_144);
+                assert_eq!(what, ANNOTATIONS_WHAT);
+            }
+            other => panic!("expected TooLarge, got {:?}", other.map(|n| n.token)),
+        }
+        // Other annotations on the Lease count too.
+        r.value = Some("v".repeat(room - 10));
+        let crowded = stored(
+            "5",
+            placeholder("ns", "x").spec.unwrap(),
+            &[("k", "0123456789")],
+        );
+        assert!(matches!(
+            replacement("ns", "x", &crowded, None, &r),
+            Err(Error::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -952,6 +1453,11 @@ mod tests {
         assert!(decode(&spec(Some("a"), Some(0), None)).is_err());
         assert!(decode(&spec(Some("a"), Some(-3), None)).is_err());
         assert!(decode(&spec(Some("a"), Some(5), Some(-5))).is_err());
+        // A lease longer than 7 days would make its holder unexpirable.
+        let week = i32::try_from(MAX_DURATION.as_secs()).unwrap();
+        assert!(decode(&spec(Some("a"), Some(week), None)).is_ok());
+        assert!(decode(&spec(Some("a"), Some(week + 1), None)).is_err());
+        assert!(decode(&spec(Some("a"), Some(i32::MAX), None)).is_err());
         // Vacant in both spellings, with or without a duration.
         assert_eq!(decode(&spec(Some(""), None, None)).unwrap().holder, None);
         assert_eq!(
@@ -961,5 +1467,31 @@ mod tests {
         // A Lease without a spec is vacant.
         let empty = Lease::default();
         assert!(decode(&empty).unwrap().is_vacant());
+    }
+
+    #[test]
+    fn invalid_is_rejected_not_retried() {
+        let status = |code: u16, reason: &str| {
+            kube::Error::Api(Box::new(
+                serde_json::from_value::<Status>(serde_json::json!({
+                    "status": "Failure", "code": code, "reason": reason, "message": "m",
+                }))
+                .unwrap(),
+            ))
+        };
+        let e = map_err("ns", "update", "x", status(422, "Invalid"));
+        assert!(matches!(e, Error::Rejected { store: KIND, .. }), "{e:?}");
+        assert!(!e.is_retryable());
+        let e = map_err("ns", "watch", "x", status(403, "Forbidden"));
+        assert!(
+            matches!(
+                e,
+                Error::PermissionDenied {
+                    operation: "watch",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
     }
 }

@@ -4,10 +4,12 @@
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[macro_use]
 pub mod elector;
 mod error;
 #[cfg(feature = "file")]
 pub mod file;
+mod identity;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 pub mod lock;
@@ -27,5 +29,5 @@ pub use elector::{
 pub use error::{with_timeout, BoxError, Error, Result};
 pub use memory::MemoryStore;
 pub use record::LeaseRecord;
-pub use store::{LeaseStore, PutMode, Version, WatchStream};
+pub use store::{starts_term, Capabilities, LeaseStore, PutMode, Stored, Version, WatchStream};
 pub use term::Term;

@@ -38,7 +38,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::elector::{Backoff, Config, Leader, LeaderElector, LostReason, StopReason};
+use crate::elector::{
+    Backoff, Config, Leader, LeaderElector, LostReason, SharedHistory, StopReason, MAX_DURATION,
+};
 use crate::error::{with_timeout, Error};
 use crate::store::LeaseStore;
 use crate::term::Term;
@@ -138,8 +140,27 @@ pub struct LockConfig {
     /// default 3), or at the renew deadline, whichever comes first.
     pub max_refresh_fails: u32,
     /// When the lock is lost during `synchronize`, how long the work may run on after its
-    /// token is cancelled before it is dropped. Default 1 s.
-    pub lost_grace: Duration,
+    /// token is cancelled before it is dropped. At most `L − D`; `None` (the default): 1 s
+    /// (seed 000 kills its block at once; a short grace lets the work roll back), capped at
+    /// `L − D`.
+    ///
+    /// Whatever the setting, the work never runs into another holder's time: after a loss at
+    /// the renew deadline it is dropped by the earliest instant another holder may take over
+    /// (the last good renewal plus `L`); after the lock was taken over or deleted (another
+    /// holder may already run) it is dropped at once.
+    pub lost_grace: Option<Duration>,
+}
+
+impl LockConfig {
+    /// The grace given to work after a loss: [`lost_grace`](Self::lost_grace), or its default.
+    pub fn effective_lost_grace(&self) -> Duration {
+        let margin = self
+            .elector
+            .lease_duration
+            .saturating_sub(self.elector.renew_deadline);
+        self.lost_grace
+            .unwrap_or_else(|| Duration::from_secs(1).min(margin))
+    }
 }
 
 impl Default for LockConfig {
@@ -147,7 +168,7 @@ impl Default for LockConfig {
         LockConfig {
             elector: Config::default().backoff(Backoff::default()),
             max_refresh_fails: 3,
-            lost_grace: Duration::from_secs(1),
+            lost_grace: None,
         }
     }
 }
@@ -161,36 +182,8 @@ pub struct MutexBuilder<S> {
 }
 
 impl<S: LeaseStore + Clone> MutexBuilder<S> {
-    /// This instance's identity (default: hostname, pid and a random suffix).
-    pub fn identity(mut self, id: impl Into<String>) -> Self {
-        self.config.elector.identity = id.into();
-        self
-    }
-    /// The value stored with the lock for others to read (default: the identity).
-    pub fn value(mut self, v: impl Into<String>) -> Self {
-        self.config.elector.value = Some(v.into());
-        self
-    }
-    /// `L` (default 15 s): a dead holder's lock is taken over after this long unchanged.
-    pub fn lease_duration(mut self, d: Duration) -> Self {
-        self.config.elector.lease_duration = d;
-        self
-    }
-    /// `D` (default 10 s): the holder gives the lock up when no renewal succeeded for this long.
-    pub fn renew_deadline(mut self, d: Duration) -> Self {
-        self.config.elector.renew_deadline = d;
-        self
-    }
-    /// `R` (default 2 s): the renewal period.
-    pub fn retry_period(mut self, d: Duration) -> Self {
-        self.config.elector.retry_period = d;
-        self
-    }
-    /// The per-call store timeout (default `min(R, L − D)`).
-    pub fn call_timeout(mut self, d: Duration) -> Self {
-        self.config.elector.call_timeout = Some(d);
-        self
-    }
+    timing_setters!(config.elector);
+
     /// First wait between attempts (default 100 ms; seed 001's `backoff_min`).
     pub fn backoff_min(mut self, d: Duration) -> Self {
         self.backoff().min = d;
@@ -213,7 +206,7 @@ impl<S: LeaseStore + Clone> MutexBuilder<S> {
     }
     /// See [`LockConfig::lost_grace`].
     pub fn lost_grace(mut self, d: Duration) -> Self {
-        self.config.lost_grace = d;
+        self.config.lost_grace = Some(d);
         self
     }
     /// Replaces all settings.
@@ -238,8 +231,15 @@ impl<S: LeaseStore + Clone> MutexBuilder<S> {
         if self.config.max_refresh_fails == 0 {
             return Err(Error::config("max_refresh_fails must be at least 1"));
         }
-        if self.config.lost_grace > crate::elector::MAX_DURATION {
-            return Err(Error::config("lost_grace must be at most 7 days"));
+        if let Some(grace) = self.config.lost_grace {
+            let e = &self.config.elector;
+            let margin = e.lease_duration.saturating_sub(e.renew_deadline);
+            if grace > margin.min(MAX_DURATION) {
+                return Err(Error::config(format!(
+                    "lost_grace ({grace:?}) must be at most lease_duration − renew_deadline \
+                     ({margin:?}): past that, another holder may already have taken the lock"
+                )));
+            }
         }
         Ok(Mutex {
             store: self.store,
@@ -272,6 +272,9 @@ struct Shared {
     /// Serializes acquisitions of this instance (one identity must not campaign twice).
     acquiring: tokio::sync::Mutex<()>,
     held: StdMutex<Option<Arc<Slot>>>,
+    /// What this instance observed between acquisitions: repeated `try_lock`s count a dead
+    /// holder's lease from the first sight, and tokens never repeat.
+    history: SharedHistory,
 }
 
 impl Shared {
@@ -360,7 +363,8 @@ impl<S: LeaseStore + Clone> Mutex<S> {
     pub async fn lock(&self, timeout: Option<Duration>) -> Result<Guard> {
         let timeout = timeout.unwrap_or_else(|| self.default_timeout());
         let started = Instant::now();
-        let deadline = started + timeout;
+        // A timeout too large to represent waits without limit.
+        let deadline = started.checked_add(timeout).unwrap_or_else(far_future);
         let timed_out = || LockError::Timeout {
             name: self.name.clone(),
             waited: started.elapsed(),
@@ -376,9 +380,11 @@ impl<S: LeaseStore + Clone> Mutex<S> {
             })
     }
 
-    /// One attempt: the lock if it is free (vacant, absent, or expired by an earlier
-    /// observation of this instance), else [`LockError::WouldBlock`] at once. Bounded by the
-    /// store's call timeouts; never waits for a holder.
+    /// One attempt: the lock if it is free — vacant, absent, or expired: unchanged for its
+    /// lease duration since this instance first saw it (earlier calls count: the instance
+    /// keeps its observation), or since it was written, on stores that report a record's age
+    /// on one clock ([`Stored::age`](crate::Stored)) — else [`LockError::WouldBlock`] at once.
+    /// Bounded by the store's call timeouts; never waits for a holder.
     pub async fn try_lock(&self) -> Result<Guard> {
         let Ok(_acquiring) = self.shared.acquiring.try_lock() else {
             return Err(LockError::WouldBlock {
@@ -404,6 +410,7 @@ impl<S: LeaseStore + Clone> Mutex<S> {
         }
         let elector = LeaderElector::builder(self.store.clone(), self.name.clone())
             .config(cfg)
+            .history(self.shared.history.clone())
             .build()
             .map_err(LockError::Store)?;
         let handle = elector.handle();
@@ -423,9 +430,7 @@ impl<S: LeaseStore + Clone> Mutex<S> {
         });
         // Give up (and clean up) if this future is dropped while waiting.
         let cancel_on_drop = shutdown.clone().drop_guard();
-        let sleep = tokio::time::sleep_until(
-            deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600)),
-        );
+        let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(far_future));
         tokio::pin!(sleep);
         let ended_without_term =
             |res: std::result::Result<crate::Result<()>, tokio::task::JoinError>| match res {
@@ -515,7 +520,7 @@ impl<S: LeaseStore + Clone> Mutex<S> {
             }
             None => {
                 // Lost: the work saw its token cancelled; give it a bounded grace, then drop it.
-                let _ = tokio::time::timeout(self.config.lost_grace, &mut fut).await;
+                let _ = tokio::time::timeout_at(self.grace_until(&guard), &mut fut).await;
                 let reason = guard.loss();
                 drop(guard);
                 Err(LockError::Lost {
@@ -524,6 +529,25 @@ impl<S: LeaseStore + Clone> Mutex<S> {
                 })
             }
         }
+    }
+
+    /// When work that lost the lock must be dropped: see [`LockConfig::lost_grace`].
+    fn grace_until(&self, guard: &Guard) -> Instant {
+        let now = Instant::now();
+        let e = &self.config.elector;
+        let earliest_takeover = match guard.loss() {
+            // Nobody may take over before our last good renewal plus L.
+            LostReason::RenewDeadlineExceeded { .. } | LostReason::StoreError { .. } => guard
+                .term()
+                .valid_until()
+                .checked_add(e.lease_duration.saturating_sub(e.renew_deadline))
+                .unwrap_or(now),
+            // Somebody else may hold it already.
+            _ => now,
+        };
+        now.checked_add(self.config.effective_lost_grace())
+            .unwrap_or(now)
+            .min(earliest_takeover)
     }
 
     /// Whether this instance holds the lock, by its own state (seed 001's
@@ -544,11 +568,11 @@ impl<S: LeaseStore + Clone> Mutex<S> {
             self.store.get(&self.name),
         )
         .await?;
-        Ok(rec.and_then(|(r, _)| {
-            r.holder.map(|identity| Leader {
+        Ok(rec.and_then(|s| {
+            s.record.holder.map(|identity| Leader {
                 identity,
-                value: r.value,
-                fencing_token: r.transitions,
+                value: s.record.value,
+                fencing_token: s.record.transitions,
             })
         }))
     }
@@ -736,4 +760,8 @@ impl std::fmt::Debug for Guard {
             .field("term", &self.slot.term)
             .finish()
     }
+}
+
+fn far_future() -> Instant {
+    crate::elector::state::add(Instant::now(), Duration::from_secs(100 * 365 * 24 * 3600))
 }

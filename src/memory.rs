@@ -5,17 +5,21 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::StreamExt;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::record::LeaseRecord;
-use crate::store::{LeaseStore, PutMode, Version, WatchStream};
+use crate::store::{Capabilities, LeaseStore, PutMode, Stored, Version, WatchStream};
 
 const KIND: &str = "memory";
 
 /// An in-process [`LeaseStore`]: every clone shares the same records.
 ///
 /// Records are kept encoded, exactly as a remote store keeps bytes, so decoding errors are
-/// exercised too ([`put_raw`](Self::put_raw) writes arbitrary bytes). Watches are exact.
+/// exercised too ([`put_raw`](Self::put_raw) writes arbitrary bytes). Watches are exact. `get`
+/// reports each version's age on the process's monotonic clock. Tokens are durable for the
+/// store's lifetime: a write that starts a term stores a token above every one the name ever
+/// held, also after a delete.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> tenure::Result<()> {
@@ -28,7 +32,7 @@ const KIND: &str = "memory";
 /// assert!(store.put("job", &rec, PutMode::Create).await.unwrap_err().is_conflict());
 /// let v2 = store.put("job", &rec, PutMode::Update(v1.clone())).await?;
 /// assert!(store.put("job", &rec, PutMode::Update(v1)).await.unwrap_err().is_conflict());
-/// assert_eq!(store.get("job").await?.unwrap().1, v2);
+/// assert_eq!(store.get("job").await?.unwrap().version, v2);
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Default)]
@@ -43,8 +47,18 @@ struct Inner {
 }
 
 struct Entry {
-    bytes: Option<(Vec<u8>, u64)>,
+    current: Option<Current>,
+    /// The highest token this name ever held: deleting the record does not lower it.
+    floor: u64,
     changed: watch::Sender<u64>,
+}
+
+struct Current {
+    bytes: Vec<u8>,
+    version: u64,
+    /// The token, when the bytes are a record (not written by `put_raw`).
+    transitions: Option<u64>,
+    written: Instant,
 }
 
 impl MemoryStore {
@@ -59,7 +73,12 @@ impl MemoryStore {
             inner.next_version += 1;
             let v = inner.next_version;
             let e = inner.entry(name);
-            e.bytes = Some((bytes.into(), v));
+            e.current = Some(Current {
+                bytes: bytes.into(),
+                version: v,
+                transitions: None,
+                written: Instant::now(),
+            });
             e.changed.send_replace(v);
         })
     }
@@ -76,7 +95,8 @@ impl Inner {
         self.entries
             .entry(name.to_owned())
             .or_insert_with(|| Entry {
-                bytes: None,
+                current: None,
+                floor: 0,
                 changed: watch::channel(0).0,
             })
     }
@@ -88,29 +108,55 @@ impl LeaseStore for MemoryStore {
         KIND
     }
 
-    async fn get(&self, name: &str) -> Result<Option<(LeaseRecord, Version)>> {
-        let found = self.with(|inner| inner.entries.get(name).and_then(|e| e.bytes.clone()));
+    async fn get(&self, name: &str) -> Result<Option<Stored>> {
+        let found = self.with(|inner| {
+            let c = inner.entries.get(name)?.current.as_ref()?;
+            Some((c.bytes.clone(), c.version, c.written.elapsed()))
+        });
         match found {
             None => Ok(None),
-            Some((bytes, v)) => Ok(Some((
-                LeaseRecord::from_json(KIND, name, &bytes)?,
-                v.into(),
-            ))),
+            Some((bytes, v, age)) => Ok(Some(
+                Stored::new(LeaseRecord::from_json(KIND, name, &bytes)?, v.into()).with_age(age),
+            )),
         }
     }
 
     async fn put(&self, name: &str, record: &LeaseRecord, mode: PutMode) -> Result<Version> {
-        let bytes = record.to_json();
         self.with(|inner| {
-            let current = inner
-                .entries
-                .get(name)
-                .and_then(|e| e.bytes.as_ref().map(|(_, v)| *v));
-            mode.check(KIND, name, current.map(Version::from).as_ref())?;
+            let e = inner.entry(name);
+            let current = e.current.as_ref();
+            mode.check(
+                KIND,
+                name,
+                current.map(|c| Version::from(c.version)).as_ref(),
+            )?;
+            // Garbage written by `put_raw` is never overwritten.
+            let prev = match current {
+                None => None,
+                Some(c) => match c.transitions {
+                    Some(t) => Some(t),
+                    None => Some(LeaseRecord::from_json(KIND, name, &c.bytes)?.transitions),
+                },
+            };
+            let mut record = record.clone();
+            if prev.is_none_or(|t| t != record.transitions) {
+                let above = e.floor.checked_add(1).ok_or_else(|| Error::Fencing {
+                    store: KIND,
+                    name: name.to_owned(),
+                    reason: "an earlier term already had the largest token, u64::MAX".into(),
+                })?;
+                record.transitions = record.transitions.max(above);
+            }
+            e.floor = e.floor.max(record.transitions);
             inner.next_version += 1;
             let v = inner.next_version;
             let e = inner.entry(name);
-            e.bytes = Some((bytes, v));
+            e.current = Some(Current {
+                bytes: record.to_json(),
+                version: v,
+                transitions: Some(record.transitions),
+                written: Instant::now(),
+            });
             e.changed.send_replace(v);
             Ok(v.into())
         })
@@ -128,9 +174,9 @@ impl LeaseStore for MemoryStore {
     async fn delete(&self, name: &str, version: &Version) -> Result<()> {
         self.with(|inner| {
             let e = inner.entry(name);
-            match &e.bytes {
-                Some((_, v)) if Version::from(*v) == *version => {
-                    e.bytes = None;
+            match &e.current {
+                Some(c) if Version::from(c.version) == *version => {
+                    e.current = None;
                     e.changed.send_modify(|x| *x += 1);
                     Ok(())
                 }
@@ -140,5 +186,9 @@ impl LeaseStore for MemoryStore {
                 }),
             }
         })
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE.with_durable_tokens(true)
     }
 }

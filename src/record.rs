@@ -17,7 +17,8 @@ pub struct LeaseRecord {
     /// The holder's identity; `None` when the lease is vacant (released).
     pub holder: Option<String>,
     /// How long the holder promises to renew within; observers may take over after seeing no
-    /// change for this long.
+    /// change for this long. Stored in whole milliseconds, rounded up; readers refuse more than
+    /// [`MAX_DURATION`].
     pub lease_duration: Duration,
     /// When the current holder acquired the lease (informational).
     pub acquire_time: Option<SystemTime>,
@@ -58,7 +59,7 @@ impl LeaseRecord {
         let doc = JsonRecord {
             tenure: FORMAT,
             holder: self.holder.clone(),
-            lease_duration_ms: u64::try_from(self.lease_duration.as_millis()).unwrap_or(u64::MAX),
+            lease_duration_ms: ceil_millis(self.lease_duration),
             acquire_time_us: self.acquire_time.map(micros),
             renew_time_us: self.renew_time.map(micros),
             transitions: self.transitions,
@@ -84,9 +85,20 @@ impl LeaseRecord {
         if doc.lease_duration_ms == 0 {
             return Err(decode("lease duration is zero".into()));
         }
+        let lease_duration = Duration::from_millis(doc.lease_duration_ms);
+        if lease_duration > MAX_DURATION {
+            return Err(decode(
+                format!(
+                    "lease duration of {} ms is longer than the {} s tenure accepts",
+                    doc.lease_duration_ms,
+                    MAX_DURATION.as_secs()
+                )
+                .into(),
+            ));
+        }
         Ok(LeaseRecord {
             holder: doc.holder,
-            lease_duration: Duration::from_millis(doc.lease_duration_ms),
+            lease_duration,
             acquire_time: doc.acquire_time_us.map(from_micros),
             renew_time: doc.renew_time_us.map(from_micros),
             transitions: doc.transitions,
@@ -96,6 +108,17 @@ impl LeaseRecord {
 }
 
 const FORMAT: u32 = 1;
+
+/// The longest lease duration tenure writes or accepts, and the longest duration setting: 7
+/// days. Longer values are almost certainly unit mistakes, and a record claiming one would
+/// make its holder unexpirable: readers refuse it as [`Error::Decode`].
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Whole milliseconds, rounded **up**: a lease is never stored shorter than configured.
+fn ceil_millis(d: Duration) -> u64 {
+    let ms = d.as_millis() + u128::from(!d.subsec_nanos().is_multiple_of(1_000_000));
+    u64::try_from(ms).unwrap_or(u64::MAX)
+}
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -168,5 +191,36 @@ mod tests {
                 other => panic!("expected a decode error, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn lease_durations_are_never_stored_shorter() {
+        for l in [
+            Duration::from_micros(500),
+            Duration::from_nanos(1),
+            Duration::from_micros(1_500_500),
+            Duration::from_millis(2000),
+        ] {
+            let r = LeaseRecord::held_by("a", l, 1);
+            let back = LeaseRecord::from_json("t", "k", &r.to_json())
+                .unwrap_or_else(|e| panic!("{l:?}: {e}"));
+            assert!(
+                back.lease_duration >= l,
+                "{l:?} came back {:?}",
+                back.lease_duration
+            );
+        }
+    }
+
+    #[test]
+    fn absurd_lease_durations_are_refused_by_readers() {
+        let doc = format!(
+            "{{\"tenure\":1,\"holder\":\"a\",\"lease_duration_ms\":{},\"transitions\":1}}",
+            u64::MAX
+        );
+        assert!(matches!(
+            LeaseRecord::from_json("t", "k", doc.as_bytes()),
+            Err(Error::Decode { .. })
+        ));
     }
 }

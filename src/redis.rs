@@ -30,26 +30,75 @@
 //! Election `name` lives in one hash, `<prefix><name>` (prefix `tenure:` by default): field
 //! `rec` holds the record's JSON ([`LeaseRecord::to_json`]), `e` and `n` its version
 //! (`<e>.<n>`: the server's `TIME` in microseconds when the record was created, and a write
-//! counter), `h` the current term (`<transitions>|<holder>`). Names are not escaped: any
-//! non-empty UTF-8 name up to 1024 bytes is a key of its own. Writes that start or end a term
-//! publish the new version on the channel `<prefix>chan:<name>`.
+//! counter), `h` the current term (`<transitions>|<holder>`), and `w` the server's `TIME` in
+//! microseconds when the current version was written (hashes written by an older tenure lack
+//! `w`: their age is unknown until the next write). Names are not escaped: any non-empty UTF-8
+//! name up to 1024 bytes is a key of its own. A record with a holder has no expiry; a vacant
+//! (released) record expires ten lease durations (at least a minute) after its last write.
+//! Writes that start or end a term publish the new version on the channel
+//! `<prefix>chan:<name>` (deletes publish `deleted`), before they write.
+//!
+//! # Permissions
+//!
+//! An ACL user (Redis 6 or later) needs the keys `~<prefix>*`, the channels
+//! `&<prefix>chan:*`, and the commands `EVALSHA`, `SCRIPT LOAD`, `SUBSCRIBE`, `UNSUBSCRIBE`,
+//! `PING` and those the scripts run — `TYPE`, `HMGET`, `HGET`, `HSET`, `PEXPIRE`, `PERSIST`,
+//! `DEL`, `PUBLISH`, `TIME` — plus `SELECT` if the URL names a database. For the default
+//! prefix:
+//!
+//! ```text
+//! ACL SETUSER app on >secret resetkeys ~tenure:* resetchannels &tenure:chan:* -@all
+//!     +evalsha +script|load +subscribe +unsubscribe +ping +type +hmget +hget +hset
+//!     +pexpire +persist +del +publish +time
+//! ```
+//!
+//! The channel rights are easy to miss: since Redis 7 a new user has none
+//! (`acl-pubsub-default resetchannels`). Without them the watch's `SUBSCRIBE` and the
+//! scripts' `PUBLISH` are refused: the watch yields [`Error::PermissionDenied`] and ends;
+//! every write that publishes (a create, a new term, a release, a delete) fails with
+//! [`Error::PermissionDenied`] and writes nothing (renewals, which do not publish, still
+//! pass); and a [`LeaderElector`](crate::LeaderElector) stops with that error. Every other refusal —
+//! a key, a command, a command inside a script — is [`Error::PermissionDenied`] as well, never
+//! a retried error.
 //!
 //! # Guarantees
 //!
 //! - **Atomic compare-and-swap.** Create-if-absent, update-if-version and
 //!   delete-if-version are Lua scripts (sent once, then run by SHA; re-sent if the server lost
 //!   them), so a compare and its write can never interleave with another client's.
+//! - **Durable fencing tokens.** Every write that starts a term stores a token taken from the
+//!   server's clock, so tokens keep increasing across a deleted, expired, evicted or rolled-back
+//!   record ([`Capabilities::durable_tokens`]; the assumptions are under
+//!   [Fencing tokens across a lost record](#fencing-tokens-across-a-lost-record)).
+//! - **Ages on the server's clock.** [`get`](LeaseStore::get) reports how long ago the version
+//!   was written ([`Stored::age`]) as the server's `TIME` now minus its `TIME` at the write, both
+//!   read by the server in one script. A fresh process thus counts a dead holder's lease from
+//!   its last renewal instead of waiting a whole lease again; the clients' clocks, and the skew
+//!   between them, never matter.
 //! - **Garbage is reported, never overwritten.** A key of another type, or a hash without the
 //!   fields above, makes `get` fail with [`Error::Decode`] naming the full Redis key; the
 //!   scripts refuse to write over it.
-//! - **A generous expiry only collects garbage.** Every write sets the key to expire after
-//!   ten lease durations (at least a minute), so abandoned elections do not stay forever. A
-//!   live leader renews far more often; correctness never depends on the expiry, which is
-//!   just one more way of losing the record (below).
+//! - **Live leases never expire and are not evicted under `volatile-*`.** A record with a
+//!   holder carries no expiry (each write that sets a holder removes it), so Redis never
+//!   expires it and the `volatile-*` `maxmemory` policies never evict it. Only a vacant record
+//!   expires, after ten lease durations (at least a minute) without a write, so that released
+//!   elections do not stay forever. The record of a holder that died without releasing stays
+//!   until a candidate takes it over (and later releases it) or it is deleted: one small hash
+//!   per election name.
 //! - **Watch.** Each store opens one extra connection for all its watches and subscribes to the
 //!   channels of the names watched. After reconnecting it resubscribes and wakes every watcher,
 //!   which re-reads: a message missed during the gap can only delay a follower (at worst until
-//!   the lease expires), never mislead it.
+//!   the lease expires), never mislead it. A `SUBSCRIBE` refused for lack of permission yields
+//!   [`Error::PermissionDenied`] to that channel's watches and ends them; other failures
+//!   (no connection, `maxclients`, a timeout) are retried after a jittered pause, between half
+//!   and all of a value that doubles from 100 ms to 5 s (back to 100 ms once a connection
+//!   answers its `PING`); the watches' commands are served meanwhile. The connection's task
+//!   ends when the last clone of the store is dropped, whatever it is doing; the watches then
+//!   end too.
+//! - **Sizes are checked before writing.** A record whose JSON is longer than
+//!   [`MAX_RECORD_LEN`] (512 MiB, the default `proto-max-bulk-len`) fails with
+//!   [`Error::TooLarge`] and nothing is sent. Do not lower `proto-max-bulk-len` below the
+//!   records you write: the server would refuse them with a protocol error, which is retried.
 //! - **Bounded calls.** Every call runs under the store's timeout (default 2 s,
 //!   [`RedisOptions::timeout`]) and maps an elapsed deadline to [`Error::Timeout`].
 //!
@@ -57,29 +106,76 @@
 //!
 //! Redis acknowledges a write before it is on disk or on a replica. A server restarted without
 //! persistence, an `appendfsync everysec` window, or a failover to a replica that had not yet
-//! received the last writes **loses the record**. tenure then behaves as if the record had been
-//! deleted: the leader's next renewal conflicts, it re-reads, finds no record (or another
-//! holder) and steps down at once — or at its renew deadline if the server stays unreachable —
-//! and a new election starts. During such a loss two processes can *believe* they lead for a
-//! short while (the old leader until it notices, at most its renew deadline), so protect side
-//! effects with the fencing token.
+//! received the last writes **loses the record**, or **rolls it back** to an earlier version.
+//! tenure then behaves as if the record had been deleted or rewritten by someone else: the
+//! leader's next renewal conflicts and it re-reads; unless the record still names it in its
+//! term, it steps down at once — or at its renew deadline if the server stays unreachable —
+//! and a new election starts. A rolled-back version's age counts from its own, earlier, write,
+//! so followers may take it over at once — even from a live leader, which then steps down at
+//! its next renewal. During such a loss two processes can *believe* they lead for a short
+//! while (the old leader until it notices, at most its renew deadline), so protect side
+//! effects with the fencing token: the next term's token stays above every earlier one
+//! ([below](#fencing-tokens-across-a-lost-record)).
+//!
+//! **Eviction.** Under a `maxmemory` policy of `allkeys-lru`, `allkeys-lfu` or
+//! `allkeys-random`, Redis may evict any key, a live lease included. That is a lost record, as
+//! above: the leader steps down at its next renewal, a follower creates a new record with a
+//! higher token, and until the old leader notices (at most its renew deadline) two processes
+//! may believe they lead. Use `noeviction` (a full server then refuses writes: renewals fail,
+//! the leader steps down at its renew deadline and nobody takes over until memory is freed) or
+//! a `volatile-*` policy (only vacant records, which carry an expiry, can be evicted, which is
+//! harmless).
+//!
+//! **The server's clock.** Ages and tokens come from the `TIME` of the server that runs the
+//! script. A clock stepped **forward** (or a failover to a master whose clock is ahead of the
+//! old master's) makes every record written before the step look older by the step: a step of
+//! more than about `L − R` lets a follower take over a live leader's lease early, with two
+//! processes believing they lead until the old leader's renewal conflicts (at most its renew
+//! deadline). A clock stepped **back** makes records look younger (ages never go below zero),
+//! which only delays takeovers, but see the token assumptions below. NTP slewing small offsets
+//! (a clock that runs slightly fast or slow, never jumps) is harmless: keep Redis servers on
+//! NTP in slewing mode and their clocks in sync. Clients' clocks are never used.
+//!
+//! Redis Cluster (keys on several shards) and Sentinel URLs are not supported: point the store
+//! at one master.
 //!
 //! # Fencing tokens across a lost record
 //!
-//! The fencing token ([`LeaseRecord::transitions`]) lives in the record, so a lost record
-//! would restart it. To keep tokens increasing, the create script raises `transitions` to the
-//! server's clock, `TIME` in microseconds since the epoch (about 1.7 × 10¹⁵ in 2025), when the
-//! record is created; each later term adds one. A re-created record therefore starts above
-//! every token issued on the lost one, **assuming** that (1) the clock of the server that
-//! re-creates the record — after a failover, the new master's — does not read earlier than
-//! the old master's clock did when it issued its last token (servers kept in sync by NTP, never
-//! stepped backwards by more than the time since the loss), and (2) fewer terms start than
-//! microseconds pass (every term is a separate script run on the server: true by orders of
-//! magnitude). A [`LeaderElector`](crate::LeaderElector) learns the raised token by re-reading
-//! the record after creating it, as the [`LeaseStore`] contract requires.
+//! The fencing token ([`LeaseRecord::transitions`]) lives in the record, so a lost or
+//! rolled-back record would restart it, or take it back to an earlier value. To keep tokens
+//! increasing, every write that starts a term — a create, or an update whose `transitions`
+//! differs from the stored record's — stores the larger of the token asked for and the
+//! server's clock, `TIME` in microseconds since the epoch (about 1.7 × 10¹⁵ in 2025).
+//! Renewals and releases store the token exactly. Tokens are therefore large numbers, not 1, 2,
+//! 3: compare them, don't count them.
+//!
+//! Say Redis rolls the record back from "B holds, token T′" to "A holds, token T" (T′ > T), and
+//! C takes over: C asks for T + 1, which B had already used, but the script stores the
+//! server's `TIME` now, which is above T′ since T′ was itself at most the `TIME` when B's term
+//! started (or one above the previous token, when that was larger). This holds
+//! **assuming** that
+//!
+//! 1. the clock of the server that starts the next term — after a failover, the new master's —
+//!    does not read earlier than the clock that issued the last token (the old master's, when
+//!    it did): a clock stepped back by more than the time since the last term started, or a
+//!    replica whose clock is behind by more than that, can issue a token at or below an
+//!    earlier one;
+//! 2. fewer terms start than microseconds pass: each term's token is at least the `TIME` when it
+//!    started, and at least one above the previous term's, so tokens run ahead of the clock
+//!    only if terms start more often than once per microsecond (each term is a separate script
+//!    run: true by orders of magnitude);
+//! 3. no token was written above the server's clock (by hand, by copying a record from another
+//!    store, or by an elector asking for more): a token ahead of the clock is not protected
+//!    against a later loss.
+//!
+//! When an assumption fails, tokens still never repeat within what tenure can see: every
+//! [`LeaderElector`](crate::LeaderElector) asks for more than the highest token it ever
+//! observed, and learns the token stored by re-reading the record after the write that starts
+//! its term, as the [`LeaseStore`] contract requires.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,25 +183,33 @@ use std::time::Duration;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
 use ::redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError, Script, ServerErrorKind};
 use futures_util::StreamExt;
+use rand::Rng;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::error::{with_timeout, BoxError, Error, Result};
 use crate::record::LeaseRecord;
-use crate::store::{LeaseStore, PutMode, Version, WatchStream};
+use crate::store::{Capabilities, LeaseStore, PutMode, Stored, Version, WatchStream};
 
 const KIND: &str = "redis";
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "tenure:";
 /// Longest election name, in bytes.
 pub const MAX_NAME_LEN: usize = 1024;
-/// Keys expire after this many lease durations without a write...
+/// The largest record tenure writes, in bytes of JSON: Redis's default `proto-max-bulk-len`
+/// (512 MiB), the longest string a default server accepts.
+pub const MAX_RECORD_LEN: usize = 512 << 20;
+/// Vacant records expire after this many lease durations without a write...
 const EXPIRY_LEASES: u32 = 10;
 /// ...but never sooner than this.
 const MIN_EXPIRY: Duration = Duration::from_secs(60);
 /// How often the watch connection is checked with a `PING`.
 const WATCH_PING: Duration = Duration::from_secs(5);
-/// The transitions value written where the create script puts the chosen token.
+/// The first pause of the watch connection after a failure; it doubles with each failure...
+const MIN_PAUSE: Duration = Duration::from_millis(100);
+/// ...up to this, until a connection answers a `PING` again.
+const MAX_PAUSE: Duration = Duration::from_secs(5);
+/// The transitions value written where the scripts put the chosen token.
 const MARK: u64 = u64::MAX;
 
 /// Redis 3.2 and 4 need effects replication for `TIME` before a write; later versions always
@@ -116,7 +220,7 @@ local function shape(key)
   local t = redis.call('TYPE', key)['ok']
   if t == 'none' then return 'none' end
   if t ~= 'hash' then return 'a Redis ' .. t .. ', not a hash' end
-  local f = redis.call('HMGET', key, 'e', 'n', 'rec')
+  local f = redis.call('HMGET', key, 'e', 'n', 'rec', 'w')
   if not f[1] or not f[2] or not f[3] then
     return 'a hash without the fields e, n and rec'
   end
@@ -141,58 +245,77 @@ local function expect(key, version)
   if bad then return nil, {'garbage', bad} end
   return f
 end
+-- The server's clock in microseconds since the epoch, as decimal digits.
+local function now_us()
+  local t = redis.call('TIME')
+  return t[1] .. string.format('%06d', tonumber(t[2]))
+end
+-- The token a write that starts a term stores: the larger of the one asked for and the
+-- server's clock (decimal strings without leading zeros, compared without floating point).
+local function token(asked, now)
+  if #now > #asked or (#now == #asked and now > asked) then return now end
+  return asked
+end
+-- A held record never expires (so no volatile-* policy evicts it); a vacant one expires.
+local function expiry(key, ms)
+  if ms == '0' then redis.call('PERSIST', key) else redis.call('PEXPIRE', key, ms) end
+end
 ";
 
-/// `get`: KEYS[1] = key. Returns {'none'}, {'garbage', why} or {'ok', version, json}.
+/// `get`: KEYS[1] = key. Returns {'none'}, {'garbage', why} or {'ok', version, json, written,
+/// now}: `written` is the `w` field ('' if absent), `now` the server's clock, both in µs.
 const READ: &str = r"
 local f = shape(KEYS[1])
 if f == 'none' then return {'none'} end
 if type(f) == 'string' then return {'garbage', f} end
-return {'ok', f[1] .. '.' .. f[2], f[3]}
+return {'ok', f[1] .. '.' .. f[2], f[3], f[4] or '', now_us()}
 ";
 
 /// `put(Create)`: KEYS[1] = key; ARGV = JSON before the token, JSON after it, the token asked
-/// for (decimal), the holder tag, expiry in ms, channel. Returns {'exists'} or {'ok', version}.
-/// The token stored is the larger of the one asked for and the server's TIME in microseconds
-/// (compared as decimal strings: no floating point).
+/// for (decimal), the holder tag, expiry in ms ('0': none), channel. Returns {'exists'} or
+/// {'ok', version}. Publishes before writing, so that a refused `PUBLISH` writes nothing.
 const CREATE: &str = r"
 if redis.call('TYPE', KEYS[1])['ok'] ~= 'none' then return {'exists'} end
-local now = redis.call('TIME')
-local seed = now[1] .. string.format('%06d', tonumber(now[2]))
-local tr = ARGV[3]
-if #seed > #tr or (#seed == #tr and seed > tr) then tr = seed end
-redis.call('HSET', KEYS[1], 'e', seed, 'n', '1', 'h', tr .. '|' .. ARGV[4],
-  'rec', ARGV[1] .. tr .. ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-local v = seed .. '.1'
+local now = now_us()
+local tr = token(ARGV[3], now)
+local v = now .. '.1'
 redis.call('PUBLISH', ARGV[6], v)
+redis.call('HSET', KEYS[1], 'e', now, 'n', '1', 'w', now, 'h', tr .. '|' .. ARGV[4],
+  'rec', ARGV[1] .. tr .. ARGV[2])
+if ARGV[5] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
 return {'ok', v}
 ";
 
-/// `put(Update)`: KEYS[1] = key; ARGV = expected version, JSON, term tag, expiry in ms,
-/// channel. Returns {'conflict'}, {'garbage', why} or {'ok', version}. Publishes only when the
-/// term (transitions or holder) changes, not on renewals.
-const UPDATE: &str = r"
+/// `put(Update)`: KEYS[1] = key; ARGV = expected version, JSON before the token, JSON after
+/// it, the token asked for (decimal), the holder tag, expiry in ms ('0': none), channel.
+/// Returns {'conflict'}, {'garbage', why} or {'ok', version}. A write whose token differs from
+/// the stored record's starts a term and stores `token(asked, now)`; renewals and releases
+/// store the token asked for. Publishes (before writing) only when the term tag changes: a
+/// term starts or ends, not on renewals.
+const UPDATE: &str = r#"
 local f, refused = expect(KEYS[1], ARGV[1])
 if not f then return refused end
 local n = tonumber(f[2])
 if not n then return {'garbage', 'a hash whose write counter is not a number'} end
 n = string.format('%d', n + 1)
-local old = redis.call('HGET', KEYS[1], 'h')
-redis.call('HSET', KEYS[1], 'n', n, 'h', ARGV[3], 'rec', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
+local now = now_us()
+local tr = ARGV[4]
+if string.match(f[3], '"transitions"%s*:%s*(%d+)') ~= tr then tr = token(tr, now) end
+local tag = tr .. '|' .. ARGV[5]
 local v = f[1] .. '.' .. n
-if old ~= ARGV[3] then redis.call('PUBLISH', ARGV[5], v) end
+if redis.call('HGET', KEYS[1], 'h') ~= tag then redis.call('PUBLISH', ARGV[7], v) end
+redis.call('HSET', KEYS[1], 'n', n, 'w', now, 'h', tag, 'rec', ARGV[2] .. tr .. ARGV[3])
+expiry(KEYS[1], ARGV[6])
 return {'ok', v}
-";
+"#;
 
 /// `delete`: KEYS[1] = key; ARGV = expected version, channel. Returns {'conflict'},
-/// {'garbage', why} or {'ok'}.
+/// {'garbage', why} or {'ok'}. Publishes before deleting.
 const DELETE: &str = r"
 local f, refused = expect(KEYS[1], ARGV[1])
 if not f then return refused end
-redis.call('DEL', KEYS[1])
 redis.call('PUBLISH', ARGV[2], 'deleted')
+redis.call('DEL', KEYS[1])
 return {'ok'}
 ";
 
@@ -455,19 +578,37 @@ fn holder_tag(record: &LeaseRecord) -> String {
     }
 }
 
+/// The expiry a write sets, in milliseconds: none (`0`) for a record with a holder, so that
+/// neither expiry nor a `volatile-*` eviction policy can take a live lease; ten lease durations
+/// (at least a minute) for a vacant record, which only collects released elections.
 fn expiry_ms(record: &LeaseRecord) -> u64 {
+    if record.holder.is_some() {
+        return 0;
+    }
     let d = record
         .lease_duration
         .saturating_mul(EXPIRY_LEASES)
         .max(MIN_EXPIRY);
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-/// The record's JSON split around its `transitions` value, for the create script.
-fn split_json(record: &LeaseRecord) -> Result<(Vec<u8>, Vec<u8>)> {
+/// The age of a version written at `written` when the server's clock read `now` (both µs
+/// since the epoch, from the server's `TIME`), or `None` if the hash has no write time (written
+/// by an older tenure) or it is not a number. A clock stepped back gives zero, never a wrap.
+fn age_of(written: &[u8], now: &[u8]) -> Option<Duration> {
+    let num = |b: &[u8]| std::str::from_utf8(b).ok()?.parse::<u64>().ok();
+    Some(Duration::from_micros(
+        num(now)?.saturating_sub(num(written)?),
+    ))
+}
+
+/// The record's JSON split around its `transitions` value, for the write scripts (which
+/// insert the token they choose). Refuses a record longer than [`MAX_RECORD_LEN`].
+fn split_json(name: &str, record: &LeaseRecord) -> Result<(Vec<u8>, Vec<u8>)> {
     let mut marked = record.clone();
     marked.transitions = MARK;
     let json = marked.to_json();
+    check_len(name, json.len())?;
     // Inside JSON strings every quote is escaped, so this pattern is only the field itself.
     let pattern = format!("\"transitions\":{MARK}");
     let at = json
@@ -480,10 +621,38 @@ fn split_json(record: &LeaseRecord) -> Result<(Vec<u8>, Vec<u8>)> {
     Ok((before, after))
 }
 
+/// Refuses a record whose JSON is `len` bytes, over [`MAX_RECORD_LEN`].
+fn check_len(name: &str, len: usize) -> Result<()> {
+    if len > MAX_RECORD_LEN {
+        return Err(Error::TooLarge {
+            store: KIND,
+            name: name.to_owned(),
+            size: len,
+            limit: MAX_RECORD_LEN,
+            what: "a Redis string under the default proto-max-bulk-len",
+        });
+    }
+    Ok(())
+}
+
+/// Whether the server refused for lack of permission: wrong credentials, or an ACL refusing a
+/// command, key or channel — also inside a script, which Redis 6 and 7 report as a plain `ERR`
+/// ("The user executing the script can't publish to the channel ...", "... can't run this
+/// command ...", "... can't access at least one of the keys ...").
 fn is_permission(e: &RedisError) -> bool {
-    e.kind() == ErrorKind::AuthenticationFailed
+    if e.kind() == ErrorKind::AuthenticationFailed
         || e.kind() == ErrorKind::Server(ServerErrorKind::NoPerm)
         || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+    {
+        return true;
+    }
+    let refused = |text: &str| {
+        text.contains("user executing the script can't")
+            || text.contains("NOPERM")
+            || text.contains("no permissions to")
+    };
+    matches!(e.kind(), ErrorKind::Server(_) | ErrorKind::Extension)
+        && (e.detail().is_some_and(refused) || refused(&e.to_string()))
 }
 
 fn map_err(operation: &'static str, name: &str, after: Duration, e: RedisError) -> Error {
@@ -549,17 +718,21 @@ impl LeaseStore for RedisStore {
         KIND
     }
 
-    async fn get(&self, name: &str) -> Result<Option<(LeaseRecord, Version)>> {
+    async fn get(&self, name: &str) -> Result<Option<Stored>> {
         let key = self.key_of(name)?;
         let reply = self.run("get", name, self.inner.read.key(&key)).await?;
         match reply.as_slice() {
             [s] if s == b"none" => Ok(None),
             [s, why] if s == b"garbage" => Err(garbage(&key, why)),
-            [s, v, json] if s == b"ok" => {
+            [s, v, json, written, now] if s == b"ok" => {
                 let version = version_of(v).ok_or_else(|| {
                     garbage(&key, b"a hash whose fields e and n are not a version")
                 })?;
-                Ok(Some((LeaseRecord::from_json(KIND, &key, json)?, version)))
+                let stored = Stored::new(LeaseRecord::from_json(KIND, &key, json)?, version);
+                Ok(Some(match age_of(written, now) {
+                    Some(age) => stored.with_age(age),
+                    None => stored,
+                }))
             }
             _ => Err(backend("unexpected reply from the read script")),
         }
@@ -569,9 +742,9 @@ impl LeaseStore for RedisStore {
         let key = self.key_of(name)?;
         let chan = self.channel_of(name)?;
         let ttl = expiry_ms(record);
+        let (before, after) = split_json(name, record)?;
         let reply = match &mode {
             PutMode::Create => {
-                let (before, after) = split_json(record)?;
                 let mut inv = self.inner.create.key(&key);
                 inv.arg(before)
                     .arg(after)
@@ -582,11 +755,12 @@ impl LeaseStore for RedisStore {
                 self.run("put", name, inv).await?
             }
             PutMode::Update(v) => {
-                let tag = format!("{}|{}", record.transitions, holder_tag(record));
                 let mut inv = self.inner.update.key(&key);
                 inv.arg(v.as_str())
-                    .arg(record.to_json())
-                    .arg(tag)
+                    .arg(before)
+                    .arg(after)
+                    .arg(record.transitions.to_string())
+                    .arg(holder_tag(record))
                     .arg(ttl)
                     .arg(&chan);
                 self.run("put", name, inv).await?
@@ -615,24 +789,27 @@ impl LeaseStore for RedisStore {
             Err(e) => return Some(futures_util::stream::once(async { Err(e) }).boxed()),
         };
         let id = self.inner.next_watch.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(1);
-        if self
-            .inner
-            .hub
-            .send(HubCmd::Subscribe(chan.clone(), id, tx))
-            .is_err()
-        {
+        // Room for one pending wake-up (they coalesce) and a final error.
+        let (tx, rx) = mpsc::channel(2);
+        let subscribe = HubCmd::Subscribe {
+            chan: chan.clone(),
+            name: name.to_owned(),
+            id,
+            tx,
+        };
+        if self.inner.hub.send(subscribe).is_err() {
             return None;
         }
+        // A weak handle: the hub ends with the store, not with the last watch.
         let guard = Unsubscribe {
-            hub: self.inner.hub.clone(),
+            hub: self.inner.hub.downgrade(),
             chan,
             id,
         };
         Some(
             futures_util::stream::unfold((rx, guard), |(mut rx, guard)| async move {
-                rx.recv().await?;
-                Some((Ok(()), (rx, guard)))
+                let item = rx.recv().await?;
+                Some((item, (rx, guard)))
             })
             .boxed(),
         )
@@ -654,6 +831,12 @@ impl LeaseStore for RedisStore {
             _ => Err(backend("unexpected reply from the delete script")),
         }
     }
+
+    /// Durable tokens: every write that starts a term stores at least the server's `TIME` in
+    /// microseconds (see the [module documentation](self) for what can still break that).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE.with_durable_tokens(true)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -661,152 +844,272 @@ impl LeaseStore for RedisStore {
 // ---------------------------------------------------------------------------------------------
 
 enum HubCmd {
-    Subscribe(String, u64, mpsc::Sender<()>),
-    Unsubscribe(String, u64),
+    /// Watch `chan` (the channel of election `name`) for watcher `id`.
+    Subscribe {
+        chan: String,
+        name: String,
+        id: u64,
+        tx: mpsc::Sender<Result<()>>,
+    },
+    /// Watcher `id` stopped watching `chan`.
+    Unsubscribe { chan: String, id: u64 },
 }
 
-/// Ends a watch's subscription when its stream is dropped.
+/// Ends a watch's subscription when its stream is dropped. Holds a weak handle, so that the
+/// hub's command channel closes (and the hub ends) once the store itself is gone.
 struct Unsubscribe {
-    hub: mpsc::UnboundedSender<HubCmd>,
+    hub: mpsc::WeakUnboundedSender<HubCmd>,
     chan: String,
     id: u64,
 }
 
 impl Drop for Unsubscribe {
     fn drop(&mut self) {
-        let _ = self
-            .hub
-            .send(HubCmd::Unsubscribe(std::mem::take(&mut self.chan), self.id));
-    }
-}
-
-type Subscribers = HashMap<String, HashMap<u64, mpsc::Sender<()>>>;
-
-fn wake(subs: Option<&HashMap<u64, mpsc::Sender<()>>>) {
-    for tx in subs.into_iter().flat_map(HashMap::values) {
-        // A full channel already holds a wake-up: notifications coalesce.
-        let _ = tx.try_send(());
-    }
-}
-
-/// Adds or removes a subscriber; returns the channel to (un)subscribe on the server, if any.
-fn apply(subs: &mut Subscribers, cmd: HubCmd) -> Option<(bool, String)> {
-    match cmd {
-        HubCmd::Subscribe(chan, id, tx) => {
-            let entry = subs.entry(chan.clone()).or_default();
-            let first = entry.is_empty();
-            entry.insert(id, tx);
-            first.then_some((true, chan))
-        }
-        HubCmd::Unsubscribe(chan, id) => {
-            let entry = subs.get_mut(&chan)?;
-            entry.remove(&id);
-            if entry.is_empty() {
-                subs.remove(&chan);
-                Some((false, chan))
-            } else {
-                None
-            }
+        if let Some(hub) = self.hub.upgrade() {
+            let chan = std::mem::take(&mut self.chan);
+            let _ = hub.send(HubCmd::Unsubscribe { chan, id: self.id });
         }
     }
 }
 
-/// The watch task: keeps one pub/sub connection subscribed to every watched channel,
-/// reconnecting (and waking every watcher) after any failure. Ends when the store and all its
-/// watches are dropped.
-async fn hub(client: Client, t: Duration, mut rx: mpsc::UnboundedReceiver<HubCmd>) {
-    let mut subs = Subscribers::new();
-    let mut pause = Duration::from_millis(20);
-    loop {
-        // Connect only while somebody watches.
-        while subs.is_empty() {
-            match rx.recv().await {
-                Some(cmd) => {
-                    apply(&mut subs, cmd);
+struct Watcher {
+    name: String,
+    tx: mpsc::Sender<Result<()>>,
+}
+
+impl Watcher {
+    fn wake(&self) {
+        // One pending wake-up covers any number (they coalesce) and keeps the second slot free
+        // for a final error. The hub is the only sender, so the check cannot race another one.
+        if self.tx.capacity() == self.tx.max_capacity() {
+            let _ = self.tx.try_send(Ok(()));
+        }
+    }
+
+    /// Sends the error that ends this watch; the stream ends when the watcher is dropped.
+    fn fail(self, e: &RedisError) {
+        let _ = self.tx.try_send(Err(Error::PermissionDenied {
+            store: KIND,
+            operation: "watch",
+            name: self.name,
+            source: Box::new(e.clone()),
+        }));
+    }
+}
+
+/// How a connection of the hub ended.
+enum Ended {
+    /// The store is gone (the command channel closed): the hub ends.
+    Store,
+    /// Nobody watches any more: the connection is closed until somebody does.
+    Idle,
+    /// The connection failed; reconnect after a pause.
+    Failed(String),
+}
+
+/// The watch task's state: who watches which channel, and what the current connection is
+/// subscribed to.
+struct Hub {
+    rx: mpsc::UnboundedReceiver<HubCmd>,
+    subs: HashMap<String, HashMap<u64, Watcher>>,
+    /// The channels subscribed on the current connection.
+    active: HashSet<String>,
+    /// The pause before the next reconnection.
+    pause: Duration,
+}
+
+impl Hub {
+    fn apply(&mut self, cmd: HubCmd) {
+        match cmd {
+            HubCmd::Subscribe { chan, name, id, tx } => {
+                let w = Watcher { name, tx };
+                // Subscribed already: one wake-up covers anything written before this watch.
+                // Otherwise the wake-up follows the SUBSCRIBE.
+                if self.active.contains(&chan) {
+                    w.wake();
                 }
-                None => return,
+                self.subs.entry(chan).or_default().insert(id, w);
             }
-        }
-        let connected = tokio::time::timeout(t, client.get_async_pubsub()).await;
-        let conn: PubSub = match connected {
-            Ok(Ok(c)) => c,
-            failed => {
-                match failed {
-                    Ok(Err(e)) => debug!(error = %e, "watch connection failed; retrying"),
-                    _ => debug!("watch connection timed out; retrying"),
-                }
-                let until = tokio::time::Instant::now() + pause;
-                pause = (pause * 2).min(Duration::from_secs(1));
-                loop {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(until) => break,
-                        cmd = rx.recv() => match cmd {
-                            Some(cmd) => { apply(&mut subs, cmd); }
-                            None => return,
-                        },
+            HubCmd::Unsubscribe { chan, id } => {
+                if let Some(ws) = self.subs.get_mut(&chan) {
+                    ws.remove(&id);
+                    if ws.is_empty() {
+                        self.subs.remove(&chan);
                     }
+                }
+            }
+        }
+    }
+
+    fn wake(&self, chan: &str) {
+        for w in self.subs.get(chan).into_iter().flat_map(HashMap::values) {
+            w.wake();
+        }
+    }
+
+    /// Ends every watch of `chan` with [`Error::PermissionDenied`].
+    fn deny(&mut self, chan: &str, e: &RedisError) {
+        for w in self
+            .subs
+            .remove(chan)
+            .into_iter()
+            .flat_map(HashMap::into_values)
+        {
+            w.fail(e);
+        }
+    }
+
+    /// Runs `fut` while applying the commands that arrive meanwhile; `None` if the command
+    /// channel closed (the store is gone) first.
+    async fn serving<T>(&mut self, fut: impl Future<Output = T>) -> Option<T> {
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                out = &mut fut => return Some(out),
+                cmd = self.rx.recv() => self.apply(cmd?),
+            }
+        }
+    }
+
+    /// The pause before the next reconnection: `pause`, halved and jittered by up to as much
+    /// again, and doubles `pause` (up to [`MAX_PAUSE`]).
+    fn next_pause(&mut self) -> Duration {
+        let half = self.pause / 2;
+        let jitter = half.mul_f64(rand::thread_rng().gen::<f64>());
+        self.pause = (self.pause * 2).min(MAX_PAUSE);
+        half + jitter
+    }
+
+    /// Serves one connection: subscribes every watched channel, one at a time (so that a
+    /// channel refused by an ACL fails only its own watches), unsubscribes those nobody
+    /// watches, and wakes watchers on messages, checking the connection with a `PING` now and
+    /// then.
+    async fn connected(&mut self, conn: PubSub, t: Duration) -> Ended {
+        let (mut sink, mut stream) = conn.split();
+        self.active.clear();
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + WATCH_PING, WATCH_PING);
+        loop {
+            let missing = self
+                .subs
+                .keys()
+                .find(|c| !self.active.contains(*c))
+                .cloned();
+            if let Some(chan) = missing {
+                let Some(r) = self
+                    .serving(tokio::time::timeout(t, sink.subscribe(&chan)))
+                    .await
+                else {
+                    return Ended::Store;
+                };
+                match r {
+                    Ok(Ok(())) => {
+                        self.active.insert(chan.clone());
+                        // Subscribed now: whatever happened before, every watcher re-reads.
+                        self.wake(&chan);
+                    }
+                    Ok(Err(e)) if is_permission(&e) => {
+                        warn!(channel = %chan, error = %e, "Redis refused to SUBSCRIBE the watch");
+                        self.deny(&chan, &e);
+                    }
+                    Ok(Err(e)) => return Ended::Failed(format!("SUBSCRIBE failed: {e}")),
+                    Err(_) => return Ended::Failed("SUBSCRIBE timed out".to_owned()),
                 }
                 continue;
             }
-        };
-        let (mut sink, mut stream) = conn.split();
-        let chans: Vec<String> = subs.keys().cloned().collect();
-        if !chans.is_empty() {
-            match tokio::time::timeout(t, sink.subscribe(&chans)).await {
-                Ok(Ok(())) => {}
-                _ => {
-                    warn!("subscribing the watch connection failed; reconnecting");
-                    continue;
+            let unwatched = self
+                .active
+                .iter()
+                .find(|c| !self.subs.contains_key(*c))
+                .cloned();
+            if let Some(chan) = unwatched {
+                let Some(r) = self
+                    .serving(tokio::time::timeout(t, sink.unsubscribe(&chan)))
+                    .await
+                else {
+                    return Ended::Store;
+                };
+                match r {
+                    Ok(Ok(())) => {
+                        self.active.remove(&chan);
+                    }
+                    Ok(Err(e)) => return Ended::Failed(format!("UNSUBSCRIBE failed: {e}")),
+                    Err(_) => return Ended::Failed("UNSUBSCRIBE timed out".to_owned()),
                 }
+                continue;
             }
-        }
-        pause = Duration::from_millis(20);
-        // Whatever happened while we were not subscribed, every watcher re-reads.
-        for s in subs.values() {
-            wake(Some(s));
-        }
-        let mut ping = tokio::time::interval(WATCH_PING);
-        ping.tick().await;
-        loop {
+            if self.subs.is_empty() {
+                return Ended::Idle;
+            }
             tokio::select! {
-                cmd = rx.recv() => {
-                    let Some(cmd) = cmd else { return };
-                    let woken = match &cmd {
-                        HubCmd::Subscribe(_, _, tx) => Some(tx.clone()),
-                        HubCmd::Unsubscribe(..) => None,
-                    };
-                    let ok = match apply(&mut subs, cmd) {
-                        Some((true, chan)) => {
-                            matches!(tokio::time::timeout(t, sink.subscribe(&chan)).await, Ok(Ok(())))
-                        }
-                        Some((false, chan)) => {
-                            matches!(tokio::time::timeout(t, sink.unsubscribe(&chan)).await, Ok(Ok(())))
-                        }
-                        None => true,
-                    };
-                    if !ok {
-                        debug!("the watch connection failed while (un)subscribing; reconnecting");
-                        break;
-                    }
-                    // Subscribed now: one wake-up covers anything written before that.
-                    if let Some(tx) = woken {
-                        let _ = tx.try_send(());
-                    }
-                }
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => self.apply(cmd),
+                    None => return Ended::Store,
+                },
                 msg = stream.next() => match msg {
-                    Some(msg) => wake(subs.get(msg.get_channel_name())),
-                    None => {
-                        debug!("the watch connection closed; reconnecting");
-                        break;
-                    }
+                    Some(msg) => self.wake(msg.get_channel_name()),
+                    None => return Ended::Failed("the connection closed".to_owned()),
                 },
                 _ = ping.tick() => {
-                    if !matches!(tokio::time::timeout(t, sink.ping::<::redis::Value>()).await, Ok(Ok(_))) {
-                        debug!("the watch connection stopped answering; reconnecting");
-                        break;
+                    let pong = tokio::time::timeout(t, sink.ping::<::redis::Value>());
+                    match self.serving(pong).await {
+                        None => return Ended::Store,
+                        // A healthy connection: the next failure starts with the shortest pause.
+                        Some(Ok(Ok(_))) => self.pause = MIN_PAUSE,
+                        Some(_) => return Ended::Failed("PING went unanswered".to_owned()),
                     }
                 }
             }
+        }
+    }
+}
+
+/// The watch task: keeps one pub/sub connection subscribed to every watched channel while
+/// somebody watches, reconnecting after a failure with a pause that doubles from
+/// [`MIN_PAUSE`] to [`MAX_PAUSE`] (jittered), and waking every watcher after resubscribing. A
+/// channel (or a connection) refused for lack of permission ends its watches with
+/// [`Error::PermissionDenied`]. Serves commands in every state, and ends as soon as the store
+/// is dropped (its command channel closes).
+async fn hub(client: Client, t: Duration, rx: mpsc::UnboundedReceiver<HubCmd>) {
+    let mut hub = Hub {
+        rx,
+        subs: HashMap::new(),
+        active: HashSet::new(),
+        pause: MIN_PAUSE,
+    };
+    loop {
+        // Connect only while somebody watches.
+        hub.active.clear();
+        while hub.subs.is_empty() {
+            match hub.rx.recv().await {
+                Some(cmd) => hub.apply(cmd),
+                None => return,
+            }
+        }
+        let connect = tokio::time::timeout(t, client.get_async_pubsub());
+        let failed = match hub.serving(connect).await {
+            None => return,
+            Some(Ok(Ok(conn))) => match hub.connected(conn, t).await {
+                Ended::Store => return,
+                Ended::Idle => continue,
+                Ended::Failed(why) => why,
+            },
+            Some(Ok(Err(e))) if is_permission(&e) => {
+                warn!(error = %e, "Redis refused the watch connection");
+                let chans: Vec<String> = hub.subs.keys().cloned().collect();
+                for chan in chans {
+                    hub.deny(&chan, &e);
+                }
+                continue;
+            }
+            Some(Ok(Err(e))) => format!("connecting failed: {e}"),
+            Some(Err(_)) => "connecting timed out".to_owned(),
+        };
+        hub.active.clear();
+        let pause = hub.next_pause();
+        debug!(pause = ?pause, "the watch connection failed ({failed}); reconnecting after a pause");
+        if hub.serving(tokio::time::sleep(pause)).await.is_none() {
+            return;
         }
     }
 }
@@ -823,7 +1126,7 @@ mod tests {
             7,
         );
         r.value = Some("x\",\"transitions\":1".into());
-        let (before, after) = split_json(&r).unwrap();
+        let (before, after) = split_json("k", &r).unwrap();
         let joined = [before, b"42".to_vec(), after].concat();
         let back = LeaseRecord::from_json(KIND, "k", &joined).unwrap();
         assert_eq!(back.transitions, 42);
@@ -856,10 +1159,51 @@ mod tests {
     }
 
     #[test]
-    fn expiry_is_generous() {
-        let r = LeaseRecord::held_by("a", Duration::from_secs(15), 1);
-        assert_eq!(expiry_ms(&r), 150_000);
-        let r = LeaseRecord::held_by("a", Duration::from_millis(100), 1);
-        assert_eq!(expiry_ms(&r), 60_000);
+    fn only_vacant_records_expire_and_generously() {
+        let held = LeaseRecord::held_by("a", Duration::from_secs(15), 1);
+        assert_eq!(expiry_ms(&held), 0, "a held record must carry no expiry");
+        let vacant = |l| LeaseRecord {
+            holder: None,
+            ..LeaseRecord::held_by("a", l, 1)
+        };
+        assert_eq!(expiry_ms(&vacant(Duration::from_secs(15))), 150_000);
+        assert_eq!(expiry_ms(&vacant(Duration::from_millis(100))), 60_000);
+        assert_eq!(
+            expiry_ms(&vacant(crate::record::MAX_DURATION)),
+            u64::try_from(crate::record::MAX_DURATION.as_millis()).unwrap() * 10
+        );
+    }
+
+    #[test]
+    fn ages_are_server_clock_differences() {
+        let age = |w: &str, n: &str| age_of(w.as_bytes(), n.as_bytes());
+        assert_eq!(
+            age("1700000000000000", "1700000000250000"),
+            Some(Duration::from_millis(250))
+        );
+        // A server clock stepped back: zero, not a wrap-around.
+        assert_eq!(
+            age("1700000000250000", "1700000000000000"),
+            Some(Duration::ZERO)
+        );
+        // Written by an older tenure (no `w` field), or not a number: unknown.
+        assert_eq!(age("", "1700000000000000"), None);
+        assert_eq!(age("x", "1700000000000000"), None);
+        assert_eq!(age("1", ""), None);
+    }
+
+    #[test]
+    fn oversized_records_are_refused_before_writing() {
+        assert!(check_len("big", MAX_RECORD_LEN).is_ok());
+        match check_len("big", MAX_RECORD_LEN + 1) {
+            Err(Error::TooLarge {
+                store, size, limit, ..
+            }) => {
+                assert_eq!(store, KIND);
+                assert_eq!(limit, MAX_RECORD_LEN);
+                assert!(size > limit);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::stream::BoxStream;
 
@@ -76,6 +77,75 @@ impl PutMode {
 /// A stream that yields whenever a record *may* have changed.
 pub type WatchStream = BoxStream<'static, Result<()>>;
 
+/// A record as a store holds it: the record, its version and, where the store can tell on a
+/// single clock, how long ago that version was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stored {
+    /// The record.
+    pub record: LeaseRecord,
+    /// Its version.
+    pub version: Version,
+    /// How long before the store answered this version had been written, measured on one
+    /// clock (the Redis server's, this machine's), or `None` if the store cannot tell. See the
+    /// contract's **Age** rule.
+    pub age: Option<Duration>,
+}
+
+impl Stored {
+    /// A record and its version, age unknown.
+    pub fn new(record: LeaseRecord, version: Version) -> Self {
+        Stored {
+            record,
+            version,
+            age: None,
+        }
+    }
+
+    /// The record and its version.
+    pub fn into_parts(self) -> (LeaseRecord, Version) {
+        (self.record, self.version)
+    }
+
+    /// The same, with the age the store measured.
+    #[must_use]
+    pub fn with_age(mut self, age: Duration) -> Self {
+        self.age = Some(age);
+        self
+    }
+}
+
+/// What a store promises beyond the contract's minimum; see [`LeaseStore::capabilities`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Tokens survive the record: a write that starts a term stores a
+    /// [`LeaseRecord::transitions`] above every one this store ever held under the name, even
+    /// after the record was deleted, expired or rolled back — so a process that never saw the
+    /// earlier terms still continues above them. See the contract's **Fencing tokens** rule.
+    pub durable_tokens: bool,
+}
+
+impl Capabilities {
+    /// No promise beyond the contract (the default).
+    pub const NONE: Capabilities = Capabilities {
+        durable_tokens: false,
+    };
+
+    /// These capabilities with [`durable_tokens`](Self::durable_tokens) set to `on`.
+    #[must_use]
+    pub const fn with_durable_tokens(mut self, on: bool) -> Self {
+        self.durable_tokens = on;
+        self
+    }
+}
+
+/// Whether writing `record` over `current` starts a term: a create, or a different
+/// [`LeaseRecord::transitions`]. Renewals and releases keep their term's token.
+pub fn starts_term(current: Option<&LeaseRecord>, record: &LeaseRecord) -> bool {
+    current.is_none_or(|c| c.transitions != record.transitions)
+}
+
 /// A linearizable compare-and-swap register holding one [`LeaseRecord`] per name.
 ///
 /// This is all the [`LeaderElector`](crate::LeaderElector) and `Mutex` need from a
@@ -88,17 +158,39 @@ pub type WatchStream = BoxStream<'static, Result<()>>;
 ///   [`Error::AlreadyExists`] if a record exists; with [`PutMode::Update`]`(v)` it fails with
 ///   [`Error::Conflict`] unless the stored version is `v` (including when there is no record
 ///   any more). There is no blind overwrite.
-/// - **Create may raise the fencing token.** A store that can lose records (Redis without
-///   persistence) may store a [`LeaseRecord::transitions`] *greater* than the one given to
-///   `put(Create)`, so that a re-created record's terms continue above the lost ones; it
-///   stores everything else, and every `Update`, exactly as given. Callers learn the stored
-///   token by re-reading after a create (the elector does).
 /// - **Versions change on every write.** A successful `put` returns the new [`Version`], which
-///   differs from every version the record had before; a `get` that starts after the `put`
-///   returned observes it (or a later one).
+///   differs from every version the record had before — also across delete and re-create; a
+///   `get` that starts after the `put` returned observes it (or a later one).
+/// - **Fencing tokens.** A term's token is the [`LeaseRecord::transitions`] stored by the
+///   write that starts it (one that [starts a term](starts_term): a create, or a different
+///   `transitions`). The rule, upheld by the elector and every store together: *a term's token
+///   is strictly greater than every token that any earlier term of the election carried,
+///   whatever happened to the record in between.*
+///   - The elector asks for `max(token observed, highest token this elector ever saw) + 1`,
+///     and refuses to go past `u64::MAX` ([`Error::Fencing`]) rather than repeat it.
+///   - A write that starts a term may store a **larger** `transitions` than asked (everything
+///     else exactly as given); renewals and releases store it exactly. Callers learn the token
+///     stored by re-reading the version `put` returned (the elector does).
+///   - A store that claims [`Capabilities::durable_tokens`] stores one above every
+///     `transitions` it ever held under the name — also after the record was deleted, expired
+///     or rolled back — from a counter that deleting the record does not remove, or from a
+///     monotonic position of the store itself (the Redis server's clock, etcd's revision). Its
+///     documentation says exactly what can still break that (say, a server clock stepped back).
+///   - A store that does not claim it relies on the elector's memory alone: a process that
+///     never saw the earlier terms may repeat a token after a deletion. Its documentation says
+///     what an operator must not do.
+/// - **Age.** [`get`](Self::get) may report a version's [`Stored::age`]: how long before the
+///   store answered it was written, measured **on one clock** (the server's own, or that of
+///   the one machine every client of a local store runs on) — never by comparing one machine's
+///   clock with another's. Callers count a lease's expiry from `now − age` instead of from the
+///   moment they first saw the version, so a fresh process does not wait a whole lease again
+///   for a holder that died long ago. A reported age may be too small (transit time), never
+///   too large.
 /// - **Names are isolated.** Writes under one name never change what `get` returns for
 ///   another. A name the store cannot hold fails with [`Error::InvalidName`] — never a silent
 ///   truncation or collision.
+/// - **Sizes are checked before writing.** A record the store cannot hold, or could not read
+///   back, fails with [`Error::TooLarge`] naming the limit, and nothing is written.
 /// - **Garbage is reported, not repaired.** Contents that are not a tenure record make `get`
 ///   fail with [`Error::Decode`] naming the store and key; neither `get` nor `put(Update)` may
 ///   overwrite them (`put(Create)` fails with `AlreadyExists`).
@@ -108,8 +200,9 @@ pub type WatchStream = BoxStream<'static, Result<()>>;
 ///   `source`.
 /// - **Watch is a hint.** [`watch`](Self::watch), when supported, yields soon after any change
 ///   of the record (and may yield spuriously). Callers re-read with `get`; a missed
-///   notification may only delay them, never mislead them. Stores that cannot watch return
-///   `None` and callers poll.
+///   notification may only delay them, never mislead them. An error that retrying cannot fix
+///   (say [`Error::PermissionDenied`]) is yielded and ends the stream: the elector then stops
+///   with it. Stores that cannot watch return `None`, and callers poll.
 /// - **Delete is compare-and-delete.** [`delete`](Self::delete) removes the record only if its
 ///   version is still the given one, else [`Error::Conflict`].
 /// - **Cancellation safety.** Dropping a call's future must leave the store consistent: a write
@@ -119,8 +212,9 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// A short name of the store for errors and logs, for example `"redis"`.
     fn kind(&self) -> &'static str;
 
-    /// Reads the record under `name` and its version, or `None` if there is none.
-    async fn get(&self, name: &str) -> Result<Option<(LeaseRecord, Version)>>;
+    /// Reads the record under `name`, its version and (if the store can tell) its age, or
+    /// `None` if there is none.
+    async fn get(&self, name: &str) -> Result<Option<Stored>>;
 
     /// Writes `record` under `name` if `mode` allows it, returning the new version.
     async fn put(&self, name: &str, record: &LeaseRecord, mode: PutMode) -> Result<Version>;
@@ -140,6 +234,11 @@ pub trait LeaseStore: Send + Sync + 'static {
             operation: "delete",
         })
     }
+
+    /// What this store promises beyond the contract's minimum (default: nothing).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE
+    }
 }
 
 #[async_trait::async_trait]
@@ -147,7 +246,7 @@ impl<S: LeaseStore + ?Sized> LeaseStore for Arc<S> {
     fn kind(&self) -> &'static str {
         (**self).kind()
     }
-    async fn get(&self, name: &str) -> Result<Option<(LeaseRecord, Version)>> {
+    async fn get(&self, name: &str) -> Result<Option<Stored>> {
         (**self).get(name).await
     }
     async fn put(&self, name: &str, record: &LeaseRecord, mode: PutMode) -> Result<Version> {
@@ -158,5 +257,8 @@ impl<S: LeaseStore + ?Sized> LeaseStore for Arc<S> {
     }
     async fn delete(&self, name: &str, version: &Version) -> Result<()> {
         (**self).delete(name, version).await
+    }
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
     }
 }

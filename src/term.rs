@@ -7,8 +7,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
-use crate::elector::StopReason;
-
 /// One term of leadership, handed to `on_started_leading`.
 ///
 /// ```
@@ -176,5 +174,65 @@ impl fmt::Debug for Term {
             .field("fencing_token", &self.inner.fencing_token)
             .field("cancelled", &self.is_cancelled())
             .finish()
+    }
+}
+
+/// Why a term ended, as told to `on_stopped_leading`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StopReason {
+    /// Leadership was lost; the term's token was cancelled at once.
+    Lost(LostReason),
+    /// The work returned by itself; the lease was released.
+    Released,
+    /// Shutdown was requested: the work was drained and the lease released (unless
+    /// `release_on_shutdown` is off).
+    ShutDown,
+}
+
+/// Why leadership was lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LostReason {
+    /// No renewal succeeded for the renew deadline (store slow, unreachable or partitioned).
+    RenewDeadlineExceeded {
+        /// The last renewal error, if one was returned before the deadline.
+        last_error: Option<String>,
+    },
+    /// The record now names another holder, another term, or nobody.
+    TakenOver {
+        /// The holder now recorded (`None`: vacated by somebody else).
+        holder: Option<String>,
+    },
+    /// The record was deleted.
+    Deleted,
+    /// The store refused the renewal for good (permission revoked, record garbled).
+    StoreError {
+        /// The error, as text; `run` returns the error itself.
+        error: String,
+    },
+}
+
+impl std::fmt::Display for LostReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LostReason::RenewDeadlineExceeded {
+                last_error: Some(e),
+            } => {
+                write!(
+                    f,
+                    "no renewal succeeded within the renew deadline (last error: {e})"
+                )
+            }
+            LostReason::RenewDeadlineExceeded { last_error: None } => {
+                f.write_str("no renewal succeeded within the renew deadline (store unreachable)")
+            }
+            LostReason::TakenOver { holder: Some(h) } => {
+                write!(f, "taken by another holder, {h:?}")
+            }
+            LostReason::TakenOver { holder: None } => f.write_str("vacated by somebody else"),
+            LostReason::Deleted => f.write_str("the record was deleted"),
+            LostReason::StoreError { error } => write!(f, "the store refused the renewal: {error}"),
+        }
     }
 }

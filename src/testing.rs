@@ -31,7 +31,7 @@ use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::record::LeaseRecord;
-use crate::store::{LeaseStore, PutMode, Version, WatchStream};
+use crate::store::{Capabilities, LeaseStore, PutMode, Stored, Version, WatchStream};
 
 /// An error a [`FaultyStore`] can inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,7 +236,7 @@ impl<S: LeaseStore> LeaseStore for FaultyStore<S> {
         self.inner.kind()
     }
 
-    async fn get(&self, name: &str) -> Result<Option<(LeaseRecord, Version)>> {
+    async fn get(&self, name: &str) -> Result<Option<Stored>> {
         self.before("get", name).await?;
         self.inner.get(name).await
     }
@@ -265,6 +265,10 @@ impl<S: LeaseStore> LeaseStore for FaultyStore<S> {
         self.before("delete", name).await?;
         let r = self.inner.delete(name, version).await;
         self.after_write("delete", name, r)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
     }
 }
 

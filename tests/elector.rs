@@ -117,7 +117,7 @@ fn spawn<S: LeaseStore>(b: tenure::Builder<S>, drain: Duration) -> Candidate {
 }
 
 async fn holder(store: &impl LeaseStore) -> Option<String> {
-    store.get(NAME).await.unwrap().and_then(|(r, _)| r.holder)
+    store.get(NAME).await.unwrap().and_then(|s| s.record.holder)
 }
 
 #[test]
@@ -145,11 +145,11 @@ async fn acquires_a_vacant_lease_and_renews_it() {
     let term = c.handle.leading().await.unwrap();
     assert_eq!(term.fencing_token(), 1);
     assert_eq!(holder(&store).await.as_deref(), Some("a"));
-    let (_, v1) = store.get(NAME).await.unwrap().unwrap();
+    let (_, v1) = store.get(NAME).await.unwrap().unwrap().into_parts();
     // Many lease durations later it still leads, in the same term, renewing every R.
     sleep(L * 4).await;
     assert!(c.handle.is_leader());
-    let (rec, v2) = store.get(NAME).await.unwrap().unwrap();
+    let (rec, v2) = store.get(NAME).await.unwrap().unwrap().into_parts();
     assert_ne!(v1, v2, "renewals write new versions");
     assert_eq!(rec.transitions, 1);
     assert!(term.valid_until() > Instant::now());
@@ -282,7 +282,7 @@ async fn recampaigns_after_loss_and_callbacks_fire_again() {
     let c = spawn(builder(store.clone(), "a"), Duration::ZERO);
     let t1 = c.handle.leading().await.unwrap();
     // Somebody overwrites the record behind our back (like a kubectl edit).
-    let (rec, v) = store.get(NAME).await.unwrap().unwrap();
+    let (rec, v) = store.get(NAME).await.unwrap().unwrap().into_parts();
     let mut stolen = rec.clone();
     stolen.holder = Some("thief".into());
     stolen.transitions += 1;
@@ -325,7 +325,7 @@ async fn deleted_record_is_a_loss() {
     let store = MemoryStore::new();
     let c = spawn(builder(store.clone(), "a"), Duration::ZERO);
     let t1 = c.handle.leading().await.unwrap();
-    let (_, v) = store.get(NAME).await.unwrap().unwrap();
+    let (_, v) = store.get(NAME).await.unwrap().unwrap().into_parts();
     store.delete(NAME, &v).await.unwrap();
     t1.cancelled().await;
     assert_eq!(c.log.stops(), vec![StopReason::Lost(LostReason::Deleted)]);
@@ -417,7 +417,7 @@ async fn release_does_not_clobber_a_new_holder() {
     store.faults().partition();
     a.shutdown.cancel();
     sleep(L + R).await;
-    let (rec, v) = store.inner().get(NAME).await.unwrap().unwrap();
+    let (rec, v) = store.inner().get(NAME).await.unwrap().unwrap().into_parts();
     let mut other = rec.clone();
     other.holder = Some("b".into());
     other.transitions += 1;
@@ -465,7 +465,7 @@ async fn one_shot_mode_returns_after_the_first_term() {
         Duration::ZERO,
     );
     let t = a.handle.leading().await.unwrap();
-    let (rec, v) = store.get(NAME).await.unwrap().unwrap();
+    let (rec, v) = store.get(NAME).await.unwrap().unwrap().into_parts();
     let mut stolen = rec;
     stolen.holder = Some("x".into());
     stolen.transitions += 1;
@@ -612,7 +612,7 @@ impl LeaseStore for SilentWatch {
     fn kind(&self) -> &'static str {
         "silent-watch"
     }
-    async fn get(&self, name: &str) -> tenure::Result<Option<(LeaseRecord, tenure::Version)>> {
+    async fn get(&self, name: &str) -> tenure::Result<Option<tenure::Stored>> {
         self.0.get(name).await
     }
     async fn put(
@@ -651,4 +651,214 @@ async fn renewals_are_noticed_without_watch_events() {
     );
     c.shutdown.cancel();
     c.task.await.unwrap().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Safety regressions: each of these failed on the code before the fix it is named after.
+// ---------------------------------------------------------------------------------------------
+
+/// All terms' tokens, in the order the terms started, across candidates.
+fn tokens_in_order(cs: &[&Candidate]) -> Vec<u64> {
+    let mut starts: Vec<(Instant, u64)> = cs
+        .iter()
+        .flat_map(|c| c.log.starts().into_iter().map(|(t, at)| (at, t)))
+        .collect();
+    starts.sort();
+    starts.into_iter().map(|(_, t)| t).collect()
+}
+
+fn strictly_increasing(tokens: &[u64]) -> bool {
+    tokens.windows(2).all(|w| w[0] < w[1])
+}
+
+#[tokio::test(start_paused = true)]
+async fn tokens_keep_increasing_when_the_record_is_deleted_behind_the_leader() {
+    let store = MemoryStore::new();
+    let a = spawn(builder(store.clone(), "a"), Duration::ZERO);
+    a.handle.leading().await.unwrap();
+    let b = spawn(builder(store.clone(), "b"), Duration::ZERO);
+    sleep(R).await;
+    for _ in 0..3 {
+        let (_, v) = store.get(NAME).await.unwrap().unwrap().into_parts();
+        store.delete(NAME, &v).await.unwrap();
+        sleep(L).await;
+    }
+    let tokens = tokens_in_order(&[&a, &b]);
+    assert!(tokens.len() >= 4, "{tokens:?}");
+    assert!(strictly_increasing(&tokens), "tokens repeated: {tokens:?}");
+    for c in [a, b] {
+        c.shutdown.cancel();
+        c.task.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fresh_elector_after_a_deletion_continues_above_earlier_tokens() {
+    let store = MemoryStore::new();
+    let a = spawn(builder(store.clone(), "a"), Duration::ZERO);
+    let first = a.handle.leading().await.unwrap().fencing_token();
+    a.shutdown.cancel();
+    a.task.await.unwrap().unwrap();
+    let b = spawn(builder(store.clone(), "b"), Duration::ZERO);
+    let second = b.handle.leading().await.unwrap().fencing_token();
+    assert!(second > first);
+    // b crashes; the record is deleted; a process that never saw either term starts.
+    b.task.abort();
+    let (_, v) = store.get(NAME).await.unwrap().unwrap().into_parts();
+    store.delete(NAME, &v).await.unwrap();
+    let c = spawn(builder(store.clone(), "c"), Duration::ZERO);
+    let third = c.handle.leading().await.unwrap().fencing_token();
+    assert!(third > second, "token {third} after {second}");
+    c.shutdown.cancel();
+    c.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_largest_token_is_never_issued_twice() {
+    let store = MemoryStore::new();
+    let mut rec = LeaseRecord::held_by("old", L, u64::MAX);
+    rec.holder = None;
+    store.put(NAME, &rec, PutMode::Create).await.unwrap();
+    let c = spawn(builder(store.clone(), "a"), Duration::ZERO);
+    let res = tokio::time::timeout(L, c.task).await;
+    assert!(
+        c.log.starts().is_empty(),
+        "a term started with token {:?} after u64::MAX",
+        c.log.starts()
+    );
+    assert!(matches!(res, Ok(Ok(Err(_)))), "{res:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_term_starts_after_shutdown_is_requested_during_a_drain() {
+    let store = MemoryStore::new();
+    // The work takes 5 s to wind down after its token is cancelled.
+    let a = spawn(builder(store.clone(), "a"), Duration::from_secs(5));
+    a.handle.leading().await.unwrap();
+    // Somebody vacates the lease behind a's back: a loses, and drains.
+    let (mut rec, v) = store.get(NAME).await.unwrap().unwrap().into_parts();
+    rec.holder = None;
+    store.put(NAME, &rec, PutMode::Update(v)).await.unwrap();
+    sleep(Duration::from_secs(1)).await;
+    // Shutdown while the lost term drains; the lease is vacant, free to take.
+    a.shutdown.cancel();
+    a.task.await.unwrap().unwrap();
+    assert_eq!(a.log.starts().len(), 1, "{:?}", a.log.all());
+    assert_eq!(holder(&store).await, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_term_starts_after_shutdown_is_requested_mid_campaign() {
+    let store = FaultyStore::new(MemoryStore::new());
+    // Every call takes a second: the campaign's read, then its acquiring write.
+    store.faults().set_latency(Duration::from_secs(1));
+    let b = builder(store.clone(), "a")
+        .lease_duration(Duration::from_secs(30))
+        .renew_deadline(Duration::from_secs(20))
+        .retry_period(Duration::from_secs(4))
+        .call_timeout(Duration::from_secs(4));
+    let a = spawn(b, Duration::ZERO);
+    // The write is in flight from 1 s to 2 s.
+    sleep(Duration::from_millis(1500)).await;
+    a.shutdown.cancel();
+    a.task.await.unwrap().unwrap();
+    assert!(a.log.starts().is_empty(), "{:?}", a.log.all());
+    store.faults().clear();
+    assert_eq!(holder(&store).await, None);
+}
+
+#[test]
+fn absurd_jitter_is_a_config_error_not_a_panic() {
+    for jitter in [1e19, f64::MAX] {
+        let res = builder(MemoryStore::new(), "a").jitter(jitter).build();
+        assert!(matches!(res, Err(Error::Config { .. })), "jitter {jitter}");
+    }
+}
+
+/// A store whose watch refuses with `PermissionDenied` (as a Kubernetes watch without the
+/// `watch` verb does).
+#[derive(Clone)]
+struct WatchDenied(MemoryStore);
+
+#[async_trait::async_trait]
+impl LeaseStore for WatchDenied {
+    fn kind(&self) -> &'static str {
+        "watch-denied"
+    }
+    async fn get(&self, name: &str) -> tenure::Result<Option<tenure::Stored>> {
+        self.0.get(name).await
+    }
+    async fn put(
+        &self,
+        name: &str,
+        r: &LeaseRecord,
+        m: PutMode,
+    ) -> tenure::Result<tenure::Version> {
+        self.0.put(name, r, m).await
+    }
+    fn watch(&self, name: &str) -> Option<tenure::WatchStream> {
+        let e = Error::PermissionDenied {
+            store: "watch-denied",
+            operation: "watch",
+            name: name.to_owned(),
+            source: "forbidden".into(),
+        };
+        Some(Box::pin(futures_util::stream::iter([Err(e)])))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_watch_refused_for_lack_of_permission_stops_the_elector() {
+    let c = spawn(
+        builder(WatchDenied(MemoryStore::new()), "a"),
+        Duration::ZERO,
+    );
+    let res = tokio::time::timeout(L * 4, c.task).await;
+    assert!(
+        matches!(
+            res,
+            Ok(Ok(Err(Error::PermissionDenied {
+                operation: "watch",
+                ..
+            })))
+        ),
+        "{res:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_is_not_held_up_by_work_that_never_yields() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let store = MemoryStore::new();
+    let elector = builder(store.clone(), "a")
+        .lease_duration(Duration::from_secs(3))
+        .renew_deadline(Duration::from_secs(2))
+        .retry_period(Duration::from_millis(500))
+        .drain_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let handle = elector.handle();
+    let stop = Arc::new(AtomicBool::new(false));
+    let shutdown = CancellationToken::new();
+    let (sd, st) = (shutdown.clone(), stop.clone());
+    let run = tokio::spawn(async move {
+        elector
+            .run(sd.cancelled_owned(), move |_term: Term| {
+                let st = st.clone();
+                async move {
+                    // Blocks its worker thread and never yields: abort cannot stop it.
+                    while !st.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            })
+            .await
+    });
+    handle.leading().await.unwrap();
+    shutdown.cancel();
+    // The lease is ours for D after the last renewal; the release must come within it.
+    let res = tokio::time::timeout(Duration::from_secs(5), run).await;
+    stop.store(true, Ordering::SeqCst);
+    assert!(matches!(res, Ok(Ok(Ok(())))), "run did not return: {res:?}");
+    assert_eq!(holder(&store).await, None);
 }

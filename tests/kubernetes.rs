@@ -205,9 +205,25 @@ async fn lease_fields_are_client_gos_and_events_are_recorded() {
     let spec = lease.spec.clone().unwrap();
     assert_eq!(spec.holder_identity.as_deref(), Some("pod-a"));
     assert_eq!(spec.lease_duration_seconds, Some(15));
+    // leaseTransitions is client-go's counter: tenure's placeholder (0), then one term.
+    assert_eq!(spec.lease_transitions, Some(1));
+    // The token is in its annotation, with the leaseTransitions written with it, and above
+    // the resourceVersion of the placeholder it replaced.
+    let token = term.fencing_token();
     assert_eq!(
-        spec.lease_transitions,
-        Some(i32::try_from(term.fencing_token()).unwrap())
+        annotation(&lease, tenure::kubernetes::TOKEN_ANNOTATION).as_deref(),
+        Some(format!("{token}/1").as_str())
+    );
+    let rv: u64 = lease
+        .metadata
+        .resource_version
+        .clone()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        token > 1 && token <= rv,
+        "token {token}, resourceVersion {rv}"
     );
     assert!(spec.acquire_time.is_some() && spec.renew_time.is_some());
     assert_eq!(
@@ -228,9 +244,10 @@ async fn lease_fields_are_client_gos_and_events_are_recorded() {
     // leaseTransitions kept.
     assert_eq!(spec.holder_identity.as_deref(), Some(""));
     assert_eq!(spec.lease_duration_seconds, Some(1));
+    assert_eq!(spec.lease_transitions, Some(1));
     assert_eq!(
-        spec.lease_transitions,
-        Some(i32::try_from(term.fencing_token()).unwrap())
+        annotation(&released, tenure::kubernetes::TOKEN_ANNOTATION).as_deref(),
+        Some(format!("{token}/1").as_str())
     );
     assert_eq!(spec.acquire_time, spec.renew_time);
     assert!(!released
@@ -238,25 +255,36 @@ async fn lease_fields_are_client_gos_and_events_are_recorded() {
         .annotations
         .unwrap_or_default()
         .contains_key(tenure::kubernetes::VALUE_ANNOTATION));
-    let (rec, _) = store.get(&name).await.unwrap().unwrap();
+    let (rec, _) = store.get(&name).await.unwrap().unwrap().into_parts();
     assert!(rec.is_vacant());
+    assert_eq!(rec.transitions, token);
 
     // Events are recorded in the background: "pod-a became leader", "pod-a stopped leading".
     let events: Api<K8sEvent> = Api::namespaced(client, "default");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let notes: Vec<String> = events
+        let found: Vec<K8sEvent> = events
             .list(&ListParams::default())
             .await
             .unwrap()
             .items
             .into_iter()
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(&*name))
-            .filter_map(|e| e.note)
             .collect();
+        let notes: Vec<String> = found.iter().filter_map(|e| e.note.clone()).collect();
         if notes.iter().any(|n| n == "pod-a became leader")
             && notes.iter().any(|n| n == "pod-a stopped leading")
         {
+            // Exactly one term started: one "became leader" (the recorder would count a
+            // repeat in the Event's series), not one per renewal.
+            let became: Vec<&K8sEvent> = found
+                .iter()
+                .filter(|e| e.note.as_deref() == Some("pod-a became leader"))
+                .collect();
+            assert!(
+                became.len() == 1 && became[0].series.is_none(),
+                "{became:?}"
+            );
             break;
         }
         assert!(
@@ -288,16 +316,24 @@ async fn bad_names_durations_and_namespaces_are_clear_errors() {
         matches!(&err, Error::Config { rule } if rule.contains("whole number of seconds")),
         "{err:?}"
     );
-    // A fencing token beyond int32.
-    let big = tenure::LeaseRecord::held_by("a", Duration::from_secs(5), 1 << 31);
+    // A lease duration over 7 days, which readers would refuse.
+    let long = tenure::LeaseRecord::held_by("a", Duration::from_secs(7 * 86_400 + 1), 1);
     let err = store
-        .put(&unique("big"), &big, PutMode::Create)
+        .put(&unique("long"), &long, PutMode::Create)
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, Error::Config { rule } if rule.contains("int32")),
+        matches!(&err, Error::Config { rule } if rule.contains("7 days")),
         "{err:?}"
     );
+    // A fencing token beyond int32 is stored (in the annotation), leaseTransitions is not it.
+    let big_name = unique("big");
+    let big = tenure::LeaseRecord::held_by("a", Duration::from_secs(5), 1 << 31);
+    store.put(&big_name, &big, PutMode::Create).await.unwrap();
+    let stored = store.get(&big_name).await.unwrap().unwrap().record;
+    assert_eq!(stored.transitions, 1 << 31);
+    let lease = store.api().get(&big_name).await.unwrap();
+    assert_eq!(lease.spec.unwrap().lease_transitions, Some(1));
     // A namespace that does not exist.
     let missing = KubeLeaseStore::new(client.clone(), "no-such-namespace").unwrap();
     let err = missing.put("x", &rec, PutMode::Create).await.unwrap_err();
@@ -806,6 +842,10 @@ impl GoElector {
     }
 }
 
+fn annotation(lease: &Lease, key: &str) -> Option<String> {
+    lease.metadata.annotations.as_ref()?.get(key).cloned()
+}
+
 /// Every change of the Lease, in order, through a watch: (holder, leaseTransitions).
 fn observe(api: Api<Lease>, name: String) -> Arc<Mutex<Vec<(Instant, String, i32)>>> {
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -884,6 +924,20 @@ async fn client_go_and_tenure_share_a_lease() {
     let go_to_tenure = sigterm.elapsed();
     go1.wait_for("leader lost: go-1", Duration::from_secs(5))
         .await;
+    // tenure's term: leaseTransitions one above go-1's, the token in the annotation with it.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let token = term.fencing_token();
+    let lease = leases.get(&name).await.unwrap();
+    let tenure_lt = lease.spec.as_ref().unwrap().lease_transitions.unwrap();
+    assert_eq!(
+        annotation(&lease, tenure::kubernetes::TOKEN_ANNOTATION),
+        Some(format!("{token}/{tenure_lt}")),
+        "the token annotation of tenure's term"
+    );
+    assert!(
+        u64::try_from(tenure_lt).unwrap() < token,
+        "the token ({token}) comes from etcd's revision, not leaseTransitions ({tenure_lt})"
+    );
 
     // 4. A second Go candidate follows tenure.
     let go2 = GoElector::spawn(&go_bin, &kubeconfig, "go-2", &name);
@@ -954,8 +1008,186 @@ async fn client_go_and_tenure_share_a_lease() {
     for w in changes.windows(2) {
         assert!(w[1].2 >= w[0].2, "leaseTransitions went backwards: {w:?}");
     }
+    // client-go counted its own takeover (tenure's release → go-2) and kept tenure's
+    // annotation, now stale: the Lease still reads with tenure's last token.
+    let lease = leases.get(&name).await.unwrap();
+    let go_lt = lease.spec.as_ref().unwrap().lease_transitions.unwrap();
+    assert!(
+        go_lt > tenure_lt,
+        "client-go's takeover: {go_lt} after {tenure_lt}"
+    );
+    assert_eq!(
+        annotation(&lease, tenure::kubernetes::TOKEN_ANNOTATION),
+        Some(format!("{token}/{tenure_lt}")),
+        "client-go keeps the Lease's annotations"
+    );
+    let reader = KubeLeaseStore::new(client.clone(), "default").unwrap();
+    let read = reader.get(&name).await.unwrap().unwrap().record;
+    assert_eq!(
+        read.transitions, token,
+        "a stale annotation reads as its token"
+    );
     eprintln!(
         "handoff client-go -> tenure: {go_to_tenure:?} after SIGTERM; tenure -> client-go: \
          {tenure_to_go:?} after shutdown (client-go polls every 5 s)"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Safety regressions: each of these failed on the code before the fix it is named after.
+// ---------------------------------------------------------------------------------------------
+
+async fn kube_store() -> Option<KubeLeaseStore> {
+    let client = admin().await?;
+    Some(KubeLeaseStore::new(client, "default").unwrap())
+}
+
+/// `kubectl delete lease` behind a leader: the next term's token is above every earlier one,
+/// for a follower that watched the old Lease and for a process that never saw it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_keep_increasing_after_kubectl_delete_lease() {
+    let Some(s) = kube_store().await else { return };
+    let name = unique("deleted");
+    let timings = (3000, 2000, 300);
+    let stop = CancellationToken::new();
+    let terms: Terms = Arc::default();
+    let tokens = Arc::new(Mutex::new(Vec::new()));
+    let watched = |id: &str| {
+        let el = elector(kube_store_now(&s), &name, id, timings);
+        let h = el.handle();
+        (spawn_run(el, stop.clone(), terms.clone()), h)
+    };
+    let (ra, ha) = watched("a");
+    let (rb, hb) = watched("b");
+    let mut last = 0;
+    for round in 0..3 {
+        let t = loop {
+            let t = [&ha, &hb].iter().find_map(|h| match h.current() {
+                tenure::LeaderState::Leading(t) if !t.is_cancelled() => Some(t),
+                _ => None,
+            });
+            if let Some(t) = t {
+                break t;
+            }
+            sleep(Duration::from_millis(20)).await;
+        };
+        tokens.lock().unwrap().push(t.fencing_token());
+        assert!(
+            round == 0 || t.fencing_token() > last,
+            "round {round}: token {} after {last}",
+            t.fencing_token()
+        );
+        last = t.fencing_token();
+        s.api().delete(&name, &Default::default()).await.unwrap();
+        timeout(Duration::from_secs(5), t.cancelled())
+            .await
+            .unwrap();
+    }
+    stop.cancel();
+    ra.await.unwrap().unwrap();
+    rb.await.unwrap().unwrap();
+    // Nobody is left who saw the old Lease: delete it and start a fresh process.
+    if let Ok(Some(_)) = s.api().get_opt(&name).await {
+        s.api().delete(&name, &Default::default()).await.unwrap();
+    }
+    let el = elector(kube_store_now(&s), &name, "fresh", timings);
+    let h = el.handle();
+    let stop = CancellationToken::new();
+    let run = spawn_run(el, stop.clone(), terms.clone());
+    let t = timeout(Duration::from_secs(10), h.leading())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        t.fencing_token() > last,
+        "a fresh process started at token {} after {last}",
+        t.fencing_token()
+    );
+    stop.cancel();
+    run.await.unwrap().unwrap();
+}
+
+/// Another handle on the same client (its own cache), as another elector in the process.
+fn kube_store_now(s: &KubeLeaseStore) -> KubeLeaseStore {
+    KubeLeaseStore::new(s.api().clone().into_client(), "default").unwrap()
+}
+
+/// A value too large for the Lease's annotations is refused before anything is written, with
+/// an error that stops the elector instead of a retry forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_value_is_refused_not_retried_forever() {
+    let Some(s) = kube_store().await else { return };
+    let name = unique("oversized");
+    let el = LeaderElector::builder(s.clone(), &name)
+        .identity("a")
+        .lease_duration(Duration::from_secs(3))
+        .renew_deadline(Duration::from_secs(2))
+        .retry_period(Duration::from_millis(300))
+        .value("v".repeat(300 * 1024))
+        .build()
+        .unwrap();
+    let res = timeout(
+        Duration::from_secs(10),
+        el.run(std::future::pending::<()>(), |_t: Term| async {}),
+    )
+    .await;
+    assert!(
+        matches!(
+            res,
+            Ok(Err(Error::TooLarge {
+                store: "kubernetes",
+                limit: 262_144,
+                ..
+            }))
+        ),
+        "{res:?}"
+    );
+    assert!(s.api().get_opt(&name).await.unwrap().is_none());
+}
+
+/// A Role without `watch`: the elector stops with the permission error, as the README says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_watch_stops_the_elector() {
+    let Some(client) = admin().await else { return };
+    let Some(server) = env("TENURE_KUBE_SERVER") else {
+        return;
+    };
+    let ns = unique("tenure-nowatch");
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    apply(&namespaces, serde_json::json!({"metadata": {"name": ns}})).await;
+    let lease = "no-watch";
+    let rules = serde_json::json!([
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "resourceNames": [lease], "verbs": ["get", "update"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    ]);
+    let token = service_account(&client, &ns, "no-watch", rules).await;
+    let s = KubeLeaseStore::builder(client_with_token(&server, &token, &ns), &ns)
+        .events(false)
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while matches!(s.get(lease).await, Err(Error::PermissionDenied { .. })) {
+        assert!(Instant::now() < deadline, "the Role never took effect");
+        sleep(Duration::from_millis(200)).await;
+    }
+    let el = elector(s, lease, "a", (3000, 2000, 300));
+    let res = timeout(
+        Duration::from_secs(15),
+        el.run(std::future::pending::<()>(), |t: Term| async move {
+            t.cancelled().await
+        }),
+    )
+    .await;
+    assert!(
+        matches!(
+            res,
+            Ok(Err(Error::PermissionDenied {
+                operation: "watch",
+                ..
+            }))
+        ),
+        "{res:?}"
+    );
+    let _ = namespaces.delete(&ns, &Default::default()).await;
 }

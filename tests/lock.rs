@@ -17,7 +17,7 @@ fn mutex<S: LeaseStore + Clone>(store: S, id: &str) -> Mutex<S> {
 }
 
 async fn holder(store: &impl LeaseStore) -> Option<String> {
-    store.get(NAME).await.unwrap().and_then(|(r, _)| r.holder)
+    store.get(NAME).await.unwrap().and_then(|s| s.record.holder)
 }
 
 #[tokio::test(start_paused = true)]
@@ -66,7 +66,7 @@ async fn losing_the_lock_cancels_the_work_and_says_why() {
     let res = m
         .synchronize(None, |term| async move {
             // Someone overwrites the record behind our back.
-            let (rec, v) = s2.get(NAME).await.unwrap().unwrap();
+            let (rec, v) = s2.get(NAME).await.unwrap().unwrap().into_parts();
             let mut stolen = rec;
             stolen.holder = Some("thief".into());
             stolen.transitions += 1;
@@ -100,18 +100,51 @@ async fn losing_the_lock_cancels_the_work_and_says_why() {
 
 #[tokio::test(start_paused = true)]
 async fn work_that_ignores_cancellation_is_dropped_after_the_grace() {
-    let store = MemoryStore::new();
+    // Lost at the renew deadline (store unreachable): nobody may take over before the last
+    // good renewal plus L, so the work gets its grace (2 s here, within L − D = 5 s).
+    let store = FaultyStore::new(MemoryStore::new());
     let m = Mutex::builder(store.clone(), NAME)
         .identity("a")
         .lost_grace(Duration::from_secs(2))
         .build()
         .unwrap();
+    let faults = store.faults();
+    let lost_at = Arc::new(std::sync::Mutex::new(None));
+    let la = lost_at.clone();
+    let res = m
+        .synchronize(None, |term| async move {
+            faults.partition();
+            term.cancelled().await;
+            *la.lock().unwrap() = Some(Instant::now());
+            sleep(Duration::from_secs(3600)).await; // ignores its token
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+    assert!(
+        matches!(
+            res,
+            Err(LockError::Lost {
+                reason: LostReason::RenewDeadlineExceeded { .. },
+                ..
+            })
+        ),
+        "{res:?}"
+    );
+    let lost_at = lost_at.lock().unwrap().unwrap();
+    assert_eq!(lost_at.elapsed(), Duration::from_secs(2));
+    store.faults().heal();
+
+    // Deleted (or taken over): somebody else may hold it already, so no grace at all.
+    let store = MemoryStore::new();
+    let m = mutex(store.clone(), "a");
     let s2 = store.clone();
-    let t0 = Instant::now();
+    let deleted_at = Arc::new(std::sync::Mutex::new(None));
+    let da = deleted_at.clone();
     let res = m
         .synchronize(None, |_term| async move {
-            let (_, v) = s2.get(NAME).await.unwrap().unwrap();
+            let (_, v) = s2.get(NAME).await.unwrap().unwrap().into_parts();
             s2.delete(NAME, &v).await.unwrap();
+            *da.lock().unwrap() = Some(Instant::now());
             sleep(Duration::from_secs(3600)).await; // ignores its token
             Ok::<_, std::io::Error>(())
         })
@@ -126,7 +159,27 @@ async fn work_that_ignores_cancellation_is_dropped_after_the_grace() {
         ),
         "{res:?}"
     );
-    assert_eq!(t0.elapsed(), Duration::from_secs(2));
+    let deleted_at = deleted_at.lock().unwrap().unwrap();
+    assert_eq!(deleted_at.elapsed(), Duration::ZERO);
+}
+
+#[test]
+fn a_grace_longer_than_the_safety_margin_is_refused() {
+    let res = Mutex::builder(MemoryStore::new(), NAME)
+        .lease_duration(Duration::from_secs(2))
+        .renew_deadline(Duration::from_millis(1200))
+        .retry_period(Duration::from_millis(300))
+        .lost_grace(Duration::from_secs(1))
+        .build();
+    match res {
+        Err(tenure::Error::Config { rule }) => assert!(
+            rule.starts_with(
+                "lost_grace (1s) must be at most lease_duration − renew_deadline (800ms)"
+            ),
+            "{rule}"
+        ),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
 }
 
 #[derive(Debug, PartialEq)]
@@ -370,4 +423,140 @@ async fn dropping_the_guard_releases_in_the_background() {
     let t0 = Instant::now();
     let _g = b.lock(None).await.unwrap();
     assert!(t0.elapsed() < Duration::from_millis(10));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Safety regressions: each of these failed on the code before the fix it is named after.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn repeated_try_lock_takes_over_a_dead_holder() {
+    let store = MemoryStore::new();
+    let a = mutex(store.clone(), "a");
+    // a dies holding the lock: nothing renews it, nothing releases it.
+    a.lock(None).await.unwrap().abandon();
+    let b = mutex(store.clone(), "b");
+    let t0 = Instant::now();
+    let got = loop {
+        match b.try_lock().await {
+            Ok(g) => break g,
+            Err(LockError::WouldBlock { .. }) if t0.elapsed() < L * 3 => {
+                sleep(Duration::from_secs(1)).await
+            }
+            Err(e) => panic!("after {:?}: {e:?}", t0.elapsed()),
+        }
+    };
+    assert!(t0.elapsed() >= L, "taken after only {:?}", t0.elapsed());
+    assert!(t0.elapsed() <= L + Duration::from_secs(1));
+    assert_eq!(holder(&store).await.as_deref(), Some("b"));
+    got.unlock().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn work_never_overlaps_the_next_holder_after_a_loss() {
+    use std::sync::Mutex as StdMutex;
+    let (l, d, r) = (
+        Duration::from_secs(2),
+        Duration::from_millis(1200),
+        Duration::from_millis(300),
+    );
+    let store = FaultyStore::new(MemoryStore::new());
+    // The default lost_grace, with L − D = 800 ms.
+    let a = Mutex::builder(store.clone(), NAME)
+        .identity("a")
+        .lease_duration(l)
+        .renew_deadline(d)
+        .retry_period(r)
+        .build()
+        .unwrap();
+    let b = Mutex::builder(store.inner().clone(), NAME)
+        .identity("b")
+        .lease_duration(l)
+        .renew_deadline(d)
+        .retry_period(r)
+        .build()
+        .unwrap();
+    struct OnDrop(Arc<StdMutex<Option<Instant>>>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            *self.0.lock().unwrap() = Some(Instant::now());
+        }
+    }
+    let dropped = Arc::new(StdMutex::new(None));
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let d2 = dropped.clone();
+    let work_a = tokio::spawn(async move {
+        a.synchronize(None, |_term| async move {
+            let _guard = OnDrop(d2);
+            let _ = started_tx.send(());
+            // Ignores its token: runs until dropped.
+            sleep(Duration::from_secs(3600)).await;
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+    });
+    started_rx.await.unwrap();
+    let waiter = tokio::spawn(async move {
+        let g = b.lock(Some(Duration::from_secs(60))).await.unwrap();
+        let at = Instant::now();
+        g.unlock().await.unwrap();
+        at
+    });
+    sleep(r * 2).await;
+    store.faults().partition();
+    let b_acquired = waiter.await.unwrap();
+    let res = work_a.await.unwrap();
+    assert!(matches!(res, Err(LockError::Lost { .. })), "{res:?}");
+    let dropped_at = dropped.lock().unwrap().unwrap();
+    assert!(
+        dropped_at <= b_acquired,
+        "a's work ran {:?} into b's holding",
+        dropped_at - b_acquired
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn huge_timeouts_wait_without_panicking() {
+    let store = MemoryStore::new();
+    let m = mutex(store.clone(), "a");
+    let g = m.lock(Some(Duration::MAX)).await.unwrap();
+    g.unlock().await.unwrap();
+    let v = m
+        .synchronize(Some(Duration::MAX), |_t| async {
+            Ok::<_, std::io::Error>(7)
+        })
+        .await
+        .unwrap();
+    assert_eq!(v, 7);
+}
+
+#[test]
+fn a_zero_backoff_min_is_a_config_error() {
+    let res = Mutex::builder(MemoryStore::new(), NAME)
+        .backoff_min(Duration::ZERO)
+        .build();
+    assert!(matches!(res, Err(tenure::Error::Config { .. })));
+}
+
+#[cfg(feature = "file")]
+#[tokio::test]
+async fn a_fresh_process_try_lock_counts_the_time_the_record_already_stood() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = tenure::file::FileStore::open(dir.path()).unwrap();
+    let timed = |id: &str| {
+        Mutex::builder(store.clone(), NAME)
+            .identity(id)
+            .lease_duration(Duration::from_millis(600))
+            .renew_deadline(Duration::from_millis(400))
+            .retry_period(Duration::from_millis(100))
+            .build()
+            .unwrap()
+    };
+    // A holder dies; a whole lease passes before anybody looks.
+    timed("a").lock(None).await.unwrap().abandon();
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    // A process that never saw the record: the file store knows its age on this machine's
+    // clock, so the first attempt already takes the dead holder's lock.
+    let g = timed("b").try_lock().await;
+    assert!(g.is_ok(), "{g:?}");
 }

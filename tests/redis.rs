@@ -1,9 +1,10 @@
-//! The Redis store against real servers: the conformance suite, garbage, credentials,
-//! unreachable servers, and a Redis killed with SIGKILL and restarted under a leader.
+//! The Redis store against real servers: the conformance suite, garbage, credentials and
+//! ACLs, unreachable servers, ages, tokens across a rolled-back record, expiry and eviction,
+//! the watch task's failures, and a Redis killed with SIGKILL and restarted under a leader.
 //!
 //! Servers come from `scripts/test-services.sh` through `TENURE_REDIS_URL`,
-//! `TENURE_REDIS_AUTH_URL`, `TENURE_REDIS_LIMITED_URL`, `TENURE_REDIS_AUTH_ADDR` and
-//! `TENURE_REDIS_SERVER`. A missing variable fails the test when `TENURE_REQUIRE_BACKENDS=1`,
+//! `TENURE_REDIS_AUTH_URL`, `TENURE_REDIS_LIMITED_URL`, `TENURE_REDIS_NOCHANNELS_URL`,
+//! `TENURE_REDIS_AUTH_ADDR` and `TENURE_REDIS_SERVER`. A missing variable fails the test when `TENURE_REQUIRE_BACKENDS=1`,
 //! and skips it loudly otherwise.
 
 use std::sync::{Arc, Mutex};
@@ -204,7 +205,7 @@ async fn layout_prefix_database_and_seeded_tokens() {
     let before: (u64, u64) = redis::cmd("TIME").query_async(&mut c).await.unwrap();
 
     let v1 = a.put("job", &rec("me", 1), PutMode::Create).await.unwrap();
-    let (r1, gv) = a.get("job").await.unwrap().unwrap();
+    let (r1, gv) = a.get("job").await.unwrap().unwrap().into_parts();
     assert_eq!(gv, v1);
     assert!(
         r1.transitions >= server_us(before),
@@ -212,41 +213,111 @@ async fn layout_prefix_database_and_seeded_tokens() {
         r1.transitions,
         server_us(before)
     );
-    // The hash holds the record and its version under the prefixed key, with an expiry.
+    // The hash holds the record, its version and its write time (the server's clock) under
+    // the prefixed key. A held record carries no expiry.
     let key = a.key_of("job").unwrap();
     assert_eq!(key, format!("{prefix}job"));
-    let rec_json: Vec<u8> = redis::cmd("HGET")
-        .arg(&key)
-        .arg("rec")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    assert_eq!(LeaseRecord::from_json("t", "k", &rec_json).unwrap(), r1);
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg(&key)
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    assert!(ttl > 50_000, "expiry {ttl} ms");
+    let c2 = c.clone();
+    let hget = |field: &'static str| {
+        let key = key.clone();
+        let mut c = c2.clone();
+        async move {
+            redis::cmd("HGET")
+                .arg(&key)
+                .arg(field)
+                .query_async::<Vec<u8>>(&mut c)
+                .await
+                .unwrap()
+        }
+    };
+    let pttl = || {
+        let key = key.clone();
+        let mut c = c2.clone();
+        async move {
+            redis::cmd("PTTL")
+                .arg(&key)
+                .query_async::<i64>(&mut c)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        LeaseRecord::from_json("t", "k", &hget("rec").await).unwrap(),
+        r1
+    );
+    let written: u64 = String::from_utf8(hget("w").await).unwrap().parse().unwrap();
+    assert!(written >= server_us(before), "w = {written}");
+    assert_eq!(pttl().await, -1, "a held record has an expiry");
     // Another prefix is another namespace.
     assert!(b.get("job").await.unwrap().is_none());
 
-    // An update stores the token exactly; a re-created record starts above it.
+    // A renewal (same token) stores the token exactly.
+    let v_renewed = a.put("job", &r1, PutMode::Update(v1)).await.unwrap();
+    assert_eq!(
+        a.get("job").await.unwrap().unwrap().record.transitions,
+        r1.transitions
+    );
+    // A write that starts a term (another token) stores at least the server's clock.
     let mut r2 = r1.clone();
     r2.transitions += 5;
-    let v2 = a.put("job", &r2, PutMode::Update(v1)).await.unwrap();
-    assert_eq!(
-        a.get("job").await.unwrap().unwrap().0.transitions,
-        r2.transitions
-    );
-    a.delete("job", &v2).await.unwrap();
-    a.put("job", &rec("me", 1), PutMode::Create).await.unwrap();
-    let (r3, _) = a.get("job").await.unwrap().unwrap();
+    r2.holder = Some("you".into());
+    let clock: (u64, u64) = redis::cmd("TIME").query_async(&mut c).await.unwrap();
+    let v2 = a.put("job", &r2, PutMode::Update(v_renewed)).await.unwrap();
+    let (got2, gv2) = a.get("job").await.unwrap().unwrap().into_parts();
+    assert_eq!(gv2, v2);
     assert!(
-        r3.transitions > r2.transitions,
+        got2.transitions >= r2.transitions && got2.transitions >= server_us(clock),
+        "a new term stored token {} (asked {}, server clock {})",
+        got2.transitions,
+        r2.transitions,
+        server_us(clock)
+    );
+    assert_eq!(
+        LeaseRecord {
+            transitions: r2.transitions,
+            ..got2.clone()
+        },
+        r2,
+        "the rest of the record is stored as given"
+    );
+    assert!(
+        String::from_utf8(hget("h").await)
+            .unwrap()
+            .starts_with(&format!("{}|", got2.transitions)),
+        "the term tag carries the stored token"
+    );
+    // A release keeps the token and gives the vacant record the garbage expiry.
+    let mut vacant = got2.clone();
+    vacant.holder = None;
+    let v3 = a.put("job", &vacant, PutMode::Update(v2)).await.unwrap();
+    assert_eq!(
+        a.get("job").await.unwrap().unwrap().record.transitions,
+        got2.transitions
+    );
+    let ttl = pttl().await;
+    assert!(ttl > 50_000, "a vacant record's expiry is {ttl} ms");
+    // A re-created record starts above the deleted one.
+    a.delete("job", &v3).await.unwrap();
+    a.put("job", &rec("me", 1), PutMode::Create).await.unwrap();
+    let (r3, _) = a.get("job").await.unwrap().unwrap().into_parts();
+    assert!(
+        r3.transitions > got2.transitions,
         "{} after {}",
         r3.transitions,
-        r2.transitions
+        got2.transitions
+    );
+    // A token asked above the server's clock is stored as asked.
+    let ahead = server_us(clock) + 1_000_000_000_000;
+    let va = a
+        .put("ahead", &rec("me", 1), PutMode::Create)
+        .await
+        .unwrap();
+    a.put("ahead", &rec("me", ahead), PutMode::Update(va))
+        .await
+        .unwrap();
+    assert_eq!(
+        a.get("ahead").await.unwrap().unwrap().record.transitions,
+        ahead
     );
 
     // A database number in the URL selects that database.
@@ -402,13 +473,17 @@ async fn a_leader_whose_record_vanished_steps_down() {
         "stepped down after {:?}",
         gone.elapsed()
     );
-    let first = stops.lock().unwrap().first().cloned();
+    // The reason is recorded before the token is cancelled; `on_stopped_leading` fires just
+    // after, so read the term's own record of it.
+    let why = term.stop_reason();
     assert!(
-        matches!(first, Some(StopReason::Lost(LostReason::Deleted))),
-        "{first:?}"
+        matches!(why, Some(StopReason::Lost(LostReason::Deleted))),
+        "{why:?}"
     );
     shutdown.cancel();
     task.await.unwrap().unwrap();
+    let first = stops.lock().unwrap().first().cloned();
+    assert_eq!(first, why, "on_stopped_leading was told another reason");
 }
 
 const LEASE: Duration = Duration::from_millis(1000);
@@ -636,7 +711,7 @@ async fn watch_wakes_after_a_restart() {
         .unwrap()
         .unwrap();
     // Renewals (same holder, same term) do not publish.
-    let (r, _) = s.get("w").await.unwrap().unwrap();
+    let (r, _) = s.get("w").await.unwrap().unwrap().into_parts();
     s.put("w", &r, PutMode::Update(v)).await.unwrap();
     assert!(timeout(Duration::from_millis(200), w.next()).await.is_err());
     server.kill().await;
@@ -655,4 +730,634 @@ async fn watch_wakes_after_a_restart() {
         .unwrap()
         .unwrap();
     server.kill().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Safety regressions: each of these failed on the code before the fix it is named after.
+// ---------------------------------------------------------------------------------------------
+
+async fn dump(c: &mut redis::aio::MultiplexedConnection, key: &str) -> Vec<u8> {
+    redis::cmd("DUMP").arg(key).query_async(c).await.unwrap()
+}
+
+/// Redis loses the last writes (a restart, `appendfsync everysec`, a failover to a lagging
+/// replica): reproduced by restoring an older `DUMP` of the key. The next term's token must
+/// still be above every token issued before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_never_repeat_after_redis_rolls_back_a_record() {
+    let Some(url) = env_or_skip("TENURE_REDIS_URL", "rolls_back") else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let key = format!("{prefix}rollback");
+    let mut c = raw(&url).await;
+    let shutdown = CancellationToken::new();
+    let (a, _) = candidate(store(&url, &prefix).await, "rollback", "a");
+    let ha = a.handle();
+    let sd_a = CancellationToken::new();
+    let task_a = tokio::spawn(a.run(sd_a.clone().cancelled_owned(), work));
+    let ta = next_term(std::slice::from_ref(&ha), 0, LEASE * 4).await;
+    // The state "a leads with T", as a lagging replica would still have it.
+    let old = dump(&mut c, &key).await;
+    sd_a.cancel();
+    task_a.await.unwrap().unwrap();
+    let (b, _) = candidate(store(&url, &prefix).await, "rollback", "b");
+    let hb = b.handle();
+    let task_b = tokio::spawn(b.run(shutdown.clone().cancelled_owned(), work));
+    let tb = next_term(std::slice::from_ref(&hb), ta.fencing_token(), LEASE * 4).await;
+    // b dies, and Redis comes back with the older state.
+    task_b.abort();
+    let _ = task_b.await;
+    redis::cmd("RESTORE")
+        .arg(&key)
+        .arg(0)
+        .arg(old)
+        .arg("REPLACE")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    let (cand, _) = candidate(store(&url, &prefix).await, "rollback", "c");
+    let hc = cand.handle();
+    let task_c = tokio::spawn(cand.run(shutdown.clone().cancelled_owned(), work));
+    let tc = next_term(&[hc], 0, LEASE * 6).await;
+    assert!(
+        tc.fencing_token() > tb.fencing_token(),
+        "after the rollback, token {} repeats or goes below {} (a's was {})",
+        tc.fencing_token(),
+        tb.fencing_token(),
+        ta.fencing_token()
+    );
+    shutdown.cancel();
+    task_c.await.unwrap().unwrap();
+}
+
+/// ACL log entries for `user` refused a channel starting with `chan` (other tests refuse the
+/// same user other channels at the same time).
+async fn channel_denials(
+    admin: &mut redis::aio::MultiplexedConnection,
+    user: &str,
+    chan: &str,
+) -> i64 {
+    let entries: Vec<redis::Value> = redis::cmd("ACL")
+        .arg("LOG")
+        .arg(128)
+        .query_async(admin)
+        .await
+        .unwrap();
+    let mut total = 0;
+    for e in entries {
+        let redis::Value::Array(fields) = e else {
+            continue;
+        };
+        let text = |v: &redis::Value| match v {
+            redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            redis::Value::SimpleString(s) => s.clone(),
+            redis::Value::Int(i) => i.to_string(),
+            _ => String::new(),
+        };
+        let map: std::collections::HashMap<String, String> = fields
+            .chunks(2)
+            .filter_map(|kv| Some((text(kv.first()?), text(kv.get(1)?))))
+            .collect();
+        if map.get("username").map(String::as_str) == Some(user)
+            && map.get("reason").map(String::as_str) == Some("channel")
+            && map.get("object").is_some_and(|o| o.starts_with(chan))
+        {
+            total += map.get("count").and_then(|c| c.parse().ok()).unwrap_or(1);
+        }
+    }
+    total
+}
+
+/// A watch whose `SUBSCRIBE` is refused (an ACL user without channel rights) yields
+/// `PermissionDenied` and ends instead of reconnecting in a loop, and the watch task ends when
+/// the store and its watches are dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_subscribe_backs_off_and_ends_with_the_store() {
+    use futures_util::StreamExt;
+    let (Some(admin_url), Some(url)) = (
+        env_or_skip("TENURE_REDIS_AUTH_URL", "refused_subscribe"),
+        env_or_skip("TENURE_REDIS_NOCHANNELS_URL", "refused_subscribe"),
+    ) else {
+        return;
+    };
+    let mut admin = raw(&admin_url).await;
+    let s = store(&url, &unique_prefix()).await;
+    let chan = s.channel_of("x").unwrap();
+    let before = channel_denials(&mut admin, "nochannels", &chan).await;
+    let started = Instant::now();
+    let mut w = s.watch("x").expect("Redis can watch");
+    match timeout(Duration::from_secs(2), w.next()).await {
+        Ok(Some(Err(Error::PermissionDenied {
+            store,
+            operation,
+            name,
+            ..
+        }))) => {
+            assert_eq!((store, operation, name.as_str()), ("redis", "watch", "x"));
+        }
+        other => panic!("expected PermissionDenied from the watch, got {other:?}"),
+    }
+    let end = timeout(Duration::from_secs(2), w.next()).await;
+    assert!(
+        matches!(end, Ok(None)),
+        "the watch goes on after PermissionDenied: {end:?}"
+    );
+    sleep(Duration::from_secs(2).saturating_sub(started.elapsed())).await;
+    let during = channel_denials(&mut admin, "nochannels", &chan).await - before;
+    eprintln!("{during} refused SUBSCRIBE(s) in 2 s");
+    assert!(during >= 1, "the watch never tried to subscribe");
+    assert!(
+        during <= 15,
+        "{during} refused SUBSCRIBEs in 2 s: reconnecting without backoff"
+    );
+    drop(w);
+    drop(s);
+    sleep(Duration::from_millis(1500)).await;
+    let settled = channel_denials(&mut admin, "nochannels", &chan).await;
+    sleep(Duration::from_secs(2)).await;
+    let after = channel_denials(&mut admin, "nochannels", &chan).await;
+    assert_eq!(
+        after, settled,
+        "the watch task kept subscribing after the store was dropped"
+    );
+}
+
+/// A live lease is never a candidate for `volatile-*` eviction: only vacant records carry an
+/// expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_records_carry_no_expiry() {
+    let Some(url) = env_or_skip("TENURE_REDIS_URL", "held_records_carry_no_expiry") else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let s = store(&url, &prefix).await;
+    let mut c = raw(&url).await;
+    let key = s.key_of("held").unwrap();
+    let pttl = |c: &mut redis::aio::MultiplexedConnection| {
+        let key = key.clone();
+        let mut c = c.clone();
+        async move {
+            redis::cmd("PTTL")
+                .arg(&key)
+                .query_async::<i64>(&mut c)
+                .await
+                .unwrap()
+        }
+    };
+    let v1 = s.put("held", &rec("a", 1), PutMode::Create).await.unwrap();
+    assert_eq!(pttl(&mut c).await, -1, "a held record has an expiry");
+    let v2 = s
+        .put("held", &rec("a", 1), PutMode::Update(v1))
+        .await
+        .unwrap();
+    assert_eq!(pttl(&mut c).await, -1, "a renewed record has an expiry");
+    let mut vacant = rec("a", 1);
+    vacant.holder = None;
+    s.put("held", &vacant, PutMode::Update(v2)).await.unwrap();
+    assert!(pttl(&mut c).await > 0, "a vacant record never expires");
+}
+
+/// The same, under memory pressure on a server that evicts `volatile-ttl`: the leader's
+/// record survives while the server evicts other keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_never_takes_a_live_lease() {
+    let Some(bin) = env_or_skip("TENURE_REDIS_SERVER", "eviction_never_takes_a_live_lease") else {
+        return;
+    };
+    let server = PrivateRedis::start(&bin).await;
+    let url = server.url();
+    let mut c = raw(&url).await;
+    for (k, v) in [("maxmemory", "4mb"), ("maxmemory-policy", "volatile-ttl")] {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(k)
+            .arg(v)
+            .query_async::<()>(&mut c)
+            .await
+            .unwrap();
+    }
+    let s = RedisStore::options(&url)
+        .timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .unwrap();
+    let (e, _) = candidate(s.clone(), "live", "a");
+    let h = e.handle();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(e.run(shutdown.clone().cancelled_owned(), work));
+    let term = next_term(std::slice::from_ref(&h), 0, LEASE * 4).await;
+    // Fill the server with keys that expire in an hour until it evicts.
+    let filler = "x".repeat(4096);
+    for i in 0..4000 {
+        let _ = redis::cmd("SET")
+            .arg(format!("filler:{i}"))
+            .arg(&filler)
+            .arg("EX")
+            .arg(3600)
+            .query_async::<redis::Value>(&mut c)
+            .await;
+    }
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let evicted: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("evicted_keys:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(evicted > 100, "the server did not evict ({evicted})");
+    assert!(
+        !term.is_cancelled(),
+        "the leader lost its lease to eviction"
+    );
+    assert!(s.get("live").await.unwrap().is_some());
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+/// A fresh process's first `try_lock` counts how long the dead holder's record has stood, by
+/// the Redis server's own clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_process_try_lock_takes_an_expired_lock() {
+    let Some(url) = env_or_skip("TENURE_REDIS_URL", "fresh_try_lock") else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let m = |s: RedisStore, id: &str| {
+        tenure::lock::Mutex::builder(s, "fresh")
+            .identity(id)
+            .lease_duration(LEASE)
+            .renew_deadline(DEADLINE)
+            .retry_period(RETRY)
+            .build()
+            .unwrap()
+    };
+    m(store(&url, &prefix).await, "a")
+        .lock(None)
+        .await
+        .unwrap()
+        .abandon();
+    sleep(LEASE + Duration::from_millis(300)).await;
+    let g = m(store(&url, &prefix).await, "b").try_lock().await;
+    assert!(g.is_ok(), "{g:?}");
+}
+
+/// `get` reports how long ago the version was written, on the Redis server's clock: small
+/// right after a write, growing while nobody writes, small again after a renewal, and unknown
+/// for a hash written by an older tenure (no write time) until its next write.
+#[tokio::test]
+async fn get_reports_an_age_on_the_servers_clock() {
+    let Some(url) = env_or_skip("TENURE_REDIS_URL", "get_reports_an_age") else {
+        return;
+    };
+    let s = store(&url, &unique_prefix()).await;
+    let mut c = raw(&url).await;
+    let fresh = Duration::from_millis(200);
+    let v1 = s.put("aged", &rec("a", 1), PutMode::Create).await.unwrap();
+    let first = s.get("aged").await.unwrap().unwrap();
+    let a0 = first.age.expect("Redis reports ages");
+    assert!(a0 < fresh, "age {a0:?} right after the write");
+    sleep(Duration::from_millis(400)).await;
+    let a1 = s.get("aged").await.unwrap().unwrap().age.unwrap();
+    assert!(
+        a1 >= Duration::from_millis(400) && a1 < Duration::from_millis(400) + fresh * 2,
+        "age {a1:?} after 400 ms"
+    );
+    assert!(a1 > a0);
+    // A renewal is a new write: young again.
+    let v2 = s
+        .put("aged", &first.record, PutMode::Update(v1))
+        .await
+        .unwrap();
+    let a2 = s.get("aged").await.unwrap().unwrap().age.unwrap();
+    assert!(a2 < fresh, "age {a2:?} right after a renewal");
+    // Written by an older tenure: no age, the record still reads.
+    redis::cmd("HDEL")
+        .arg(s.key_of("aged").unwrap())
+        .arg("w")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    let old = s.get("aged").await.unwrap().unwrap();
+    assert_eq!(old.age, None);
+    assert_eq!(old.version, v2);
+    s.put("aged", &old.record, PutMode::Update(v2))
+        .await
+        .unwrap();
+    let a3 = s.get("aged").await.unwrap().unwrap().age;
+    assert!(
+        a3.is_some_and(|a| a < fresh),
+        "age {a3:?} after the next write"
+    );
+}
+
+/// An ACL user without channel rights: reads and renewals work, but every write that would
+/// publish (a create, a new term, a release, a delete) is `PermissionDenied` and writes
+/// nothing, and an elector stops with `PermissionDenied` — fresh, or following a live holder
+/// (where only its watch is refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_channel_rights_writes_that_publish_fail_and_an_elector_stops() {
+    let (Some(admin_url), Some(url)) = (
+        env_or_skip("TENURE_REDIS_AUTH_URL", "without_channel_rights"),
+        env_or_skip("TENURE_REDIS_NOCHANNELS_URL", "without_channel_rights"),
+    ) else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let admin = store(&admin_url, &prefix).await;
+    let s = store(&url, &prefix).await;
+    let denied = |what: &str, r: tenure::Result<()>| match r {
+        Err(Error::PermissionDenied { store, source, .. }) => {
+            assert_eq!(store, "redis");
+            eprintln!("{what}: {source}");
+        }
+        other => panic!("{what}: expected PermissionDenied, got {other:?}"),
+    };
+    assert!(s.get("n").await.unwrap().is_none());
+    denied(
+        "create",
+        s.put("n", &rec("me", 1), PutMode::Create).await.map(drop),
+    );
+    assert!(
+        s.get("n").await.unwrap().is_none(),
+        "a refused create wrote"
+    );
+
+    let v1 = admin
+        .put("n", &rec("me", 1), PutMode::Create)
+        .await
+        .unwrap();
+    let held = s.get("n").await.unwrap().unwrap().record;
+    let v2 = s
+        .put("n", &held, PutMode::Update(v1))
+        .await
+        .expect("a renewal does not publish");
+    let mut next = held.clone();
+    next.transitions += 1;
+    next.holder = Some("you".into());
+    denied(
+        "new term",
+        s.put("n", &next, PutMode::Update(v2.clone()))
+            .await
+            .map(drop),
+    );
+    let mut vacant = held.clone();
+    vacant.holder = None;
+    denied(
+        "release",
+        s.put("n", &vacant, PutMode::Update(v2.clone()))
+            .await
+            .map(drop),
+    );
+    denied("delete", s.delete("n", &v2).await);
+    let now = s.get("n").await.unwrap().unwrap();
+    assert_eq!(
+        (now.version, now.record),
+        (v2, held),
+        "a refused write changed the record"
+    );
+
+    for (what, name) in [("fresh", "elected"), ("following a live holder", "n")] {
+        let elector = LeaderElector::builder(store(&url, &prefix).await, name)
+            .identity("c")
+            .lease_duration(LEASE)
+            .renew_deadline(DEADLINE)
+            .retry_period(RETRY)
+            .build()
+            .unwrap();
+        let r = timeout(
+            Duration::from_secs(5),
+            elector.run(std::future::pending::<()>(), |_t: Term| async {}),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the elector kept running without channel rights"));
+        denied(what, r.map(drop));
+    }
+}
+
+/// A TCP port for the watch connection to fail on: it accepts connections and closes them at
+/// once, or (when `silent`) keeps them open without ever answering. Counts the connections.
+struct FailingPort {
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    silent: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FailingPort {
+    fn bind(port: u16) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port is free");
+        listener.set_nonblocking(true).unwrap();
+        let mut me = FailingPort {
+            accepted: Default::default(),
+            silent: Default::default(),
+            stop: Default::default(),
+            thread: None,
+        };
+        let (accepted, silent, stop) = (me.accepted.clone(), me.silent.clone(), me.stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            while !stop.load(Relaxed) {
+                match listener.accept() {
+                    Ok((sock, _)) => {
+                        accepted.fetch_add(1, Relaxed);
+                        if silent.load(Relaxed) {
+                            kept.push(sock);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        me.thread = Some(thread);
+        me
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for FailingPort {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// When the watch connection keeps failing for another reason than permission (here: the
+/// server's port closes every connection), the watch task backs off instead of reconnecting
+/// in a loop, still serves its commands meanwhile (a dropped watch stops the reconnecting),
+/// and ends with the store while backing off and while waiting on a silent server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_watch_connection_backs_off_and_ends_with_the_store() {
+    use futures_util::StreamExt;
+    let Some(bin) = env_or_skip("TENURE_REDIS_SERVER", "failing_watch_connection") else {
+        return;
+    };
+    let mut server = PrivateRedis::start(&bin).await;
+    let quick = RedisStore::options(server.url())
+        .timeout(Duration::from_millis(300))
+        .connect()
+        .await
+        .unwrap();
+    let slow = RedisStore::options(server.url())
+        .timeout(Duration::from_secs(20))
+        .connect()
+        .await
+        .unwrap();
+    server.kill().await;
+    let port = FailingPort::bind(server.port);
+
+    // Backing off.
+    let w = quick.watch("x").unwrap();
+    sleep(Duration::from_secs(2)).await;
+    let attempts = port.accepted();
+    eprintln!("{attempts} watch connections in 2 s while each one failed");
+    assert!(attempts >= 1, "the watch never connected");
+    assert!(
+        attempts <= 15,
+        "{attempts} connections in 2 s: reconnecting without backoff"
+    );
+    // Dropping the last watch stops the reconnecting, even in the middle of a pause.
+    drop(w);
+    sleep(Duration::from_millis(300)).await;
+    let settled = port.accepted();
+    sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        port.accepted(),
+        settled,
+        "the watch task reconnected with nobody watching"
+    );
+    // Dropping the store ends the task (and so its watches) while it backs off.
+    let mut w = quick.watch("y").unwrap();
+    sleep(Duration::from_millis(700)).await;
+    drop(quick);
+    let end = timeout(Duration::from_millis(500), w.next()).await;
+    assert!(
+        matches!(end, Ok(None)),
+        "the watch outlived its store while backing off: {end:?}"
+    );
+
+    // A server that accepts and never answers: the task waits on its 20 s timeout, and still
+    // ends at once with the store.
+    port.silent
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let before = port.accepted();
+    let mut w = slow.watch("z").unwrap();
+    sleep(Duration::from_millis(500)).await;
+    assert!(port.accepted() > before, "the watch never connected");
+    drop(slow);
+    let end = timeout(Duration::from_millis(500), w.next()).await;
+    assert!(
+        matches!(end, Ok(None)),
+        "the watch outlived its store while connecting: {end:?}"
+    );
+}
+
+/// A healthy watch ends soon after its store is dropped: the watch task does not outlive the
+/// store, even while watches remain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_ends_when_its_store_is_dropped() {
+    use futures_util::StreamExt;
+    let Some(url) = env_or_skip("TENURE_REDIS_URL", "a_watch_ends_with_its_store") else {
+        return;
+    };
+    let s = store(&url, &unique_prefix()).await;
+    let mut w = s.watch("x").unwrap();
+    // Subscribed: the first wake-up.
+    timeout(Duration::from_secs(2), w.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    drop(s);
+    let end = timeout(Duration::from_secs(1), w.next()).await;
+    assert!(
+        matches!(end, Ok(None)),
+        "the watch outlived its store: {end:?}"
+    );
+}
+
+/// The ACL the module documentation recommends (`src/redis.rs`, "Permissions") is enough for
+/// everything tenure does: reads, every kind of write, delete, watch, and an elector handing
+/// over to another through the watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_acl_is_enough() {
+    use futures_util::StreamExt;
+    let Some(bin) = env_or_skip("TENURE_REDIS_SERVER", "the_documented_acl_is_enough") else {
+        return;
+    };
+    let server = PrivateRedis::start(&bin).await;
+    let mut admin = raw(&server.url()).await;
+    let acl = "app on >secret resetkeys ~tenure:* resetchannels &tenure:chan:* -@all \
+               +evalsha +script|load +subscribe +unsubscribe +ping +type +hmget +hget +hset \
+               +pexpire +persist +del +publish +time";
+    let mut cmd = redis::cmd("ACL");
+    cmd.arg("SETUSER");
+    for word in acl.split_whitespace() {
+        cmd.arg(word);
+    }
+    cmd.query_async::<()>(&mut admin).await.unwrap();
+    let url = format!("redis://app:secret@127.0.0.1:{}/", server.port);
+    let s = RedisStore::options(&url)
+        .timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .unwrap();
+    let mut w = s.watch("acl").unwrap();
+    timeout(Duration::from_secs(2), w.next())
+        .await
+        .expect("the watch subscribes")
+        .unwrap()
+        .unwrap();
+    let v1 = s.put("acl", &rec("a", 1), PutMode::Create).await.unwrap();
+    timeout(Duration::from_secs(2), w.next())
+        .await
+        .expect("the create publishes")
+        .unwrap()
+        .unwrap();
+    let r = s.get("acl").await.unwrap().unwrap().record;
+    let v2 = s.put("acl", &r, PutMode::Update(v1)).await.unwrap();
+    let mut vacant = r.clone();
+    vacant.holder = None;
+    let v3 = s.put("acl", &vacant, PutMode::Update(v2)).await.unwrap();
+    s.delete("acl", &v3).await.unwrap();
+    assert!(s.get("acl").await.unwrap().is_none());
+    drop(w);
+
+    // A handoff between two electors over that user.
+    let shutdown = CancellationToken::new();
+    let (a, _) = candidate(s.clone(), "handoff", "a");
+    let ha = a.handle();
+    let sd_a = CancellationToken::new();
+    let task_a = tokio::spawn(a.run(sd_a.clone().cancelled_owned(), work));
+    let ta = next_term(std::slice::from_ref(&ha), 0, LEASE * 4).await;
+    let other = RedisStore::options(&url)
+        .timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .unwrap();
+    let (b, _) = candidate(other, "handoff", "b");
+    let hb = b.handle();
+    let task_b = tokio::spawn(b.run(shutdown.clone().cancelled_owned(), work));
+    sleep(RETRY * 2).await;
+    sd_a.cancel();
+    let released = Instant::now();
+    task_a.await.unwrap().unwrap();
+    let tb = next_term(std::slice::from_ref(&hb), ta.fencing_token(), LEASE).await;
+    assert!(
+        released.elapsed() < LEASE / 2,
+        "the handoff took {:?}: the follower waited for the released lease to expire",
+        released.elapsed()
+    );
+    assert!(tb.fencing_token() > ta.fencing_token());
+    shutdown.cancel();
+    task_b.await.unwrap().unwrap();
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tokio::time::{sleep, timeout, Instant};
 
-use super::{unique, Harness, Timings};
+use super::support::unique;
+use super::{Harness, Timings};
 use crate::lock::{LockError, Mutex};
 use crate::store::{LeaseStore, PutMode};
 use crate::testing::FaultyStore;
@@ -108,7 +109,7 @@ pub async fn lock_lost_mid_synchronize<H: Harness>(h: &H) {
     let res = m
         .synchronize(None, |term| async move {
             let (rec, v) = match raw.get(&n2).await {
-                Ok(Some(x)) => x,
+                Ok(Some(x)) => x.into_parts(),
                 other => panic!("lock_lost_mid_synchronize: reading our own lock: {other:?}"),
             };
             let mut stolen = rec;
@@ -143,8 +144,8 @@ pub async fn lock_lost_mid_synchronize<H: Harness>(h: &H) {
     );
     let s = h.store().await;
     match s.get(&name).await {
-        Ok(Some((r, _))) => assert_eq!(
-            r.holder.as_deref(),
+        Ok(Some(r)) => assert_eq!(
+            r.record.holder.as_deref(),
             Some("thief"),
             "lock_lost_mid_synchronize: the release clobbered the new holder"
         ),
@@ -283,6 +284,8 @@ pub async fn lock_stale_holder_is_taken_over<H: Harness>(h: &H) {
         .await
         .unwrap_or_else(|e| panic!("lock_stale_holder_is_taken_over: {e}"));
     let old = g.fencing_token();
+    // The killed holder's last renewal was sent a renew deadline before its `valid_until`.
+    let last_renewal = g.term().valid_until() - t.renew_deadline;
     g.abandon();
     let t0 = Instant::now();
     let b = mutex(h.store().await, &name, "b", &t);
@@ -290,11 +293,14 @@ pub async fn lock_stale_holder_is_taken_over<H: Harness>(h: &H) {
         .lock(Some(t.lease_duration * 4))
         .await
         .unwrap_or_else(|e| panic!("lock_stale_holder_is_taken_over: b could not take over: {e}"));
-    let took = t0.elapsed();
+    let taken = g2.term().started_at();
     assert!(
-        took >= t.lease_duration,
-        "lock_stale_holder_is_taken_over: taken after {took:?}, before a full lease"
+        taken >= last_renewal + t.lease_duration,
+        "lock_stale_holder_is_taken_over: taken {:?} after the holder's last renewal, before a \
+         full lease",
+        taken - last_renewal
     );
+    let took = t0.elapsed();
     assert!(
         took <= t.lease_duration * 3,
         "lock_stale_holder_is_taken_over: taken only after {took:?}"
@@ -355,4 +361,68 @@ pub async fn try_lock_never_blocks<H: Harness>(h: &H) {
     g2.unlock()
         .await
         .unwrap_or_else(|e| panic!("try_lock_never_blocks: unlock: {e}"));
+}
+
+/// A holder that dies (here `abandon`) is taken over by repeated `try_lock`s of one `Mutex`
+/// (a cron job trying every `R`): the instance remembers when it first saw the record, so one
+/// of them succeeds once the record stood unchanged for `L` — never earlier than `L` after the
+/// dead holder's last renewal. And on a store whose `get` reports a record's age, a process
+/// that never saw the record takes it with its first `try_lock` once the lease has passed
+/// (other stores skip that part, said on stderr).
+///
+/// # Panics
+///
+/// When the takeover is early, or never comes.
+pub async fn try_lock_takes_over_a_dead_holder<H: Harness>(h: &H) {
+    const CHECK: &str = "try_lock_takes_over_a_dead_holder";
+    let t = h.timings();
+    let name = unique("dead");
+    let g = mutex(h.store().await, &name, "dead", &t)
+        .lock(None)
+        .await
+        .unwrap_or_else(|e| panic!("{CHECK}: {e}"));
+    let last_renewal = g.term().valid_until() - t.renew_deadline;
+    g.abandon();
+    let b = mutex(h.store().await, &name, "b", &t);
+    let t0 = Instant::now();
+    let g2 = loop {
+        match b.try_lock().await {
+            Ok(g) => break g,
+            Err(LockError::WouldBlock { .. }) => {
+                assert!(
+                    t0.elapsed() < t.lease_duration * 3,
+                    "{CHECK}: repeated try_lock never took the dead holder's lock"
+                );
+                sleep(t.retry_period).await;
+            }
+            Err(e) => panic!("{CHECK}: try_lock: {e}"),
+        }
+    };
+    let taken = g2.term().started_at();
+    assert!(
+        taken >= last_renewal + t.lease_duration,
+        "{CHECK}: taken {:?} after the holder's last renewal, before a full lease",
+        taken - last_renewal
+    );
+    g2.abandon();
+    let raw = h.store().await;
+    let reports_age = match raw.get(&name).await {
+        Ok(Some(s)) => s.age.is_some(),
+        other => panic!("{CHECK}: reading the lock: {other:?}"),
+    };
+    if !reports_age {
+        eprintln!(
+            "conformance::{CHECK}: {} reports no record age; skipped the fresh-process part",
+            raw.kind()
+        );
+        return;
+    }
+    sleep(t.lease_duration + t.slack).await;
+    let fresh = mutex(h.store().await, &name, "fresh", &t);
+    let g3 = fresh.try_lock().await.unwrap_or_else(|e| {
+        panic!("{CHECK}: a fresh process's first try_lock, a lease after the holder died: {e}")
+    });
+    g3.unlock()
+        .await
+        .unwrap_or_else(|e| panic!("{CHECK}: unlock: {e}"));
 }

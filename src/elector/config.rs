@@ -4,9 +4,8 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
-/// The longest any duration setting may be. Longer values are almost certainly unit mistakes
-/// (and would overflow monotonic-clock arithmetic).
-pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+pub use crate::identity::default_identity;
+pub use crate::record::MAX_DURATION;
 
 /// Settings of a [`LeaderElector`](crate::LeaderElector).
 ///
@@ -56,7 +55,7 @@ pub struct Config {
 /// `backoff_multiplier`, with its validation rules.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
-    /// The first delay (at least 0). Default 100 ms: the store's watch and the observed
+    /// The first delay (positive). Default 100 ms: the store's watch and the observed
     /// expiry do most of the waking, the backoff only bounds how often a waiter re-reads.
     pub min: Duration,
     /// The largest delay (at least `min`). Default 5 s.
@@ -76,8 +75,14 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    /// Checks seed 001's rules: `min ≥ 0`, `max ≥ min`, `multiplier ≥ 0` and finite.
+    /// Checks seed 001's rules — `max ≥ min`, `multiplier ≥ 0` and finite — and one more:
+    /// `min > 0` (seed 001 allows 0, which makes waiters re-read back to back).
     pub fn validate(&self) -> Result<()> {
+        if self.min.is_zero() {
+            return Err(Error::config(
+                "backoff_min must be positive: a zero backoff makes waiters read the store back to back",
+            ));
+        }
         if self.max < self.min {
             return Err(Error::config(format!(
                 "backoff_max ({:?}) must be at least backoff_min ({:?})",
@@ -138,67 +143,88 @@ impl Default for Config {
     }
 }
 
+/// The setters of the settings an elector and a lock share, generated once for [`Config`],
+/// the elector's [`Builder`](crate::Builder) and the lock's `MutexBuilder`: optional
+/// attributes for every setter (`#[must_use]` where the type is not `#[must_use]` itself),
+/// then the path from `self` to the [`Config`].
+macro_rules! timing_setters {
+    ($(#[$attr:meta])* $($field:ident).*) => {
+        /// This candidate's identity, unique among candidates (default:
+        /// [`default_identity`](crate::elector::default_identity)).
+        $(#[$attr])*
+        pub fn identity(mut self, identity: impl Into<String>) -> Self {
+            self$(.$field)*.identity = identity.into();
+            self
+        }
+        /// `L`, the lease duration: see [`Config::lease_duration`](crate::Config::lease_duration).
+        $(#[$attr])*
+        pub fn lease_duration(mut self, d: std::time::Duration) -> Self {
+            self$(.$field)*.lease_duration = d;
+            self
+        }
+        /// `D`, the renew deadline: see [`Config::renew_deadline`](crate::Config::renew_deadline).
+        $(#[$attr])*
+        pub fn renew_deadline(mut self, d: std::time::Duration) -> Self {
+            self$(.$field)*.renew_deadline = d;
+            self
+        }
+        /// `R`, the retry period: see [`Config::retry_period`](crate::Config::retry_period).
+        $(#[$attr])*
+        pub fn retry_period(mut self, d: std::time::Duration) -> Self {
+            self$(.$field)*.retry_period = d;
+            self
+        }
+        /// The deadline of each store call: see [`Config::call_timeout`](crate::Config::call_timeout).
+        $(#[$attr])*
+        pub fn call_timeout(mut self, d: std::time::Duration) -> Self {
+            self$(.$field)*.call_timeout = Some(d);
+            self
+        }
+        /// A value published with the lease while holding it: see
+        /// [`Config::value`](crate::Config::value).
+        $(#[$attr])*
+        pub fn value(mut self, value: impl Into<String>) -> Self {
+            self$(.$field)*.value = Some(value.into());
+            self
+        }
+    };
+}
+
+/// The setters only an elector has (a lock fixes them), for [`Config`] and the elector's
+/// [`Builder`](crate::Builder).
+macro_rules! elector_setters {
+    ($(#[$attr:meta])* $($field:ident).*) => {
+        /// See [`Config::jitter`](crate::Config::jitter).
+        $(#[$attr])*
+        pub fn jitter(mut self, factor: f64) -> Self {
+            self$(.$field)*.jitter = factor;
+            self
+        }
+        /// See [`Config::drain_timeout`](crate::Config::drain_timeout).
+        $(#[$attr])*
+        pub fn drain_timeout(mut self, d: std::time::Duration) -> Self {
+            self$(.$field)*.drain_timeout = d;
+            self
+        }
+        /// See [`Config::release_on_shutdown`](crate::Config::release_on_shutdown).
+        $(#[$attr])*
+        pub fn release_on_shutdown(mut self, on: bool) -> Self {
+            self$(.$field)*.release_on_shutdown = on;
+            self
+        }
+        /// See [`Config::recampaign`](crate::Config::recampaign); `false` gives client-go's
+        /// one-shot behaviour.
+        $(#[$attr])*
+        pub fn recampaign(mut self, on: bool) -> Self {
+            self$(.$field)*.recampaign = on;
+            self
+        }
+    };
+}
+
 impl Config {
-    /// Sets [`identity`](Self::identity).
-    #[must_use]
-    pub fn identity(mut self, identity: impl Into<String>) -> Self {
-        self.identity = identity.into();
-        self
-    }
-    /// Sets [`lease_duration`](Self::lease_duration) (`L`).
-    #[must_use]
-    pub fn lease_duration(mut self, d: Duration) -> Self {
-        self.lease_duration = d;
-        self
-    }
-    /// Sets [`renew_deadline`](Self::renew_deadline) (`D`).
-    #[must_use]
-    pub fn renew_deadline(mut self, d: Duration) -> Self {
-        self.renew_deadline = d;
-        self
-    }
-    /// Sets [`retry_period`](Self::retry_period) (`R`).
-    #[must_use]
-    pub fn retry_period(mut self, d: Duration) -> Self {
-        self.retry_period = d;
-        self
-    }
-    /// Sets [`jitter`](Self::jitter).
-    #[must_use]
-    pub fn jitter(mut self, factor: f64) -> Self {
-        self.jitter = factor;
-        self
-    }
-    /// Sets [`call_timeout`](Self::call_timeout).
-    #[must_use]
-    pub fn call_timeout(mut self, d: Duration) -> Self {
-        self.call_timeout = Some(d);
-        self
-    }
-    /// Sets [`drain_timeout`](Self::drain_timeout).
-    #[must_use]
-    pub fn drain_timeout(mut self, d: Duration) -> Self {
-        self.drain_timeout = d;
-        self
-    }
-    /// Sets [`release_on_shutdown`](Self::release_on_shutdown).
-    #[must_use]
-    pub fn release_on_shutdown(mut self, on: bool) -> Self {
-        self.release_on_shutdown = on;
-        self
-    }
-    /// Sets [`recampaign`](Self::recampaign).
-    #[must_use]
-    pub fn recampaign(mut self, on: bool) -> Self {
-        self.recampaign = on;
-        self
-    }
-    /// Sets [`value`](Self::value).
-    #[must_use]
-    pub fn value(mut self, value: impl Into<String>) -> Self {
-        self.value = Some(value.into());
-        self
-    }
+    timing_setters!(#[must_use]);
+    elector_setters!(#[must_use]);
 
     /// Sets [`backoff`](Self::backoff).
     #[must_use]
@@ -253,7 +279,9 @@ impl Config {
                 "retry_period ({r:?}) must be shorter than renew_deadline ({d:?})"
             )));
         }
-        if r.mul_f64(self.jitter) >= d {
+        // In floating point: `Duration::mul_f64` panics on overflow, and an absurd jitter
+        // must be a configuration error, not a panic.
+        if r.as_secs_f64() * self.jitter >= d.as_secs_f64() {
             return Err(Error::config(format!(
                 "renew_deadline ({d:?}) must be longer than retry_period × jitter ({r:?} × {})",
                 self.jitter
@@ -283,16 +311,6 @@ impl Config {
         }
         Ok(())
     }
-}
-
-/// A fresh identity: `hostname_pid_suffix`, unique per call (seed 001's instance identity).
-pub fn default_identity() -> String {
-    use rand::Rng;
-    let host = gethostname::gethostname();
-    let host = host.to_string_lossy();
-    let host = if host.is_empty() { "localhost" } else { &host };
-    let suffix: u32 = rand::thread_rng().gen();
-    format!("{host}_{}_{suffix:08x}", std::process::id())
 }
 
 #[cfg(test)]
@@ -332,6 +350,10 @@ mod tests {
             ),
             (base.clone().jitter(f64::NAN), "jitter (NaN) must be a finite"),
             (base.clone().jitter(-1.0), "jitter (-1) must be a finite"),
+            (
+                base.clone().jitter(1e19),
+                "renew_deadline (10s) must be longer than retry_period × jitter (2s × 10000000000000000000)",
+            ),
             (
                 base.clone().lease_duration(ms(5_000)),
                 "renew_deadline (10s) must be shorter than lease_duration (5s)",
@@ -379,7 +401,10 @@ mod tests {
             matches!(b(1, 5, -0.1), Err(Error::Config { rule }) if rule.starts_with("backoff_multiplier (-0.1)"))
         );
         assert!(matches!(b(1, 5, f64::INFINITY), Err(Error::Config { .. })));
-        b(0, 0, 0.0).unwrap();
+        assert!(
+            matches!(b(0, 5, 1.5), Err(Error::Config { rule }) if rule.starts_with("backoff_min must be positive"))
+        );
+        b(1, 1, 0.0).unwrap();
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use crate::record::LeaseRecord;
-use crate::store::Version;
+use crate::store::{Stored, Version};
 
 /// A record as last seen by this elector, and when (local monotonic clock) it was first seen
 /// with this version.
@@ -24,21 +24,27 @@ pub struct Observed {
 
 impl Observed {
     /// Updates the observation with a fresh read at `now`: the clock restarts only when the
-    /// version changed.
+    /// version changed, and starts `age` earlier when the store measured the version's age on
+    /// its own clock (never later than it would without it).
     pub fn refresh(
         prev: Option<Observed>,
-        fresh: Option<(LeaseRecord, Version)>,
+        fresh: Option<Stored>,
         now: Instant,
     ) -> Option<Observed> {
-        let (record, version) = fresh?;
-        let since = match prev {
+        let Stored {
+            record,
+            version,
+            age,
+        } = fresh?;
+        let first_seen = match prev {
             Some(p) if p.version == version => p.since,
             _ => now,
         };
+        let written = age.and_then(|a| now.checked_sub(a)).unwrap_or(now);
         Some(Observed {
             record,
             version,
-            since,
+            since: first_seen.min(written),
         })
     }
 
@@ -121,10 +127,22 @@ pub fn decide(
     }
 }
 
-/// The record to write for `decision` (which must be `Create`, `Acquire` or `Renew`).
+/// The token a new term asks for: above the observed record's and above `highest`, the
+/// highest this elector ever saw for the election. `None` past `u64::MAX`: a token is never
+/// repeated, so no further term can start.
+pub fn next_token(observed: Option<&Observed>, highest: u64) -> Option<u64> {
+    observed
+        .map_or(0, |o| o.record.transitions)
+        .max(highest)
+        .checked_add(1)
+}
+
+/// The record to write for `decision` (which must be `Create`, `Acquire` or `Renew`); a new
+/// term asks for `token` (see [`next_token`]), a renewal keeps the observed one.
 pub fn next_record(
     decision: &Decision,
     observed: Option<&Observed>,
+    token: u64,
     identity: &str,
     lease_duration: Duration,
     value: Option<&str>,
@@ -133,8 +151,7 @@ pub fn next_record(
     let prev = observed.map(|o| &o.record);
     let (transitions, acquire_time) = match (decision, prev) {
         (Decision::Renew, Some(p)) => (p.transitions, p.acquire_time.or(Some(wall_now))),
-        (_, Some(p)) => (p.transitions.saturating_add(1), Some(wall_now)),
-        (_, None) => (1, Some(wall_now)),
+        _ => (token, Some(wall_now)),
     };
     LeaseRecord {
         holder: Some(identity.to_owned()),
@@ -247,19 +264,49 @@ mod tests {
         let o = obs(Some("other"), 1, t0, L, SystemTime::now());
         let same = Observed::refresh(
             Some(o.clone()),
-            Some((o.record.clone(), o.version.clone())),
+            Some(Stored::new(o.record.clone(), o.version.clone())),
             t0 + L / 2,
         )
         .unwrap();
         assert_eq!(same.since, t0);
         let newer = Observed::refresh(
             Some(o.clone()),
-            Some((o.record.clone(), Version::from(99))),
+            Some(Stored::new(o.record.clone(), Version::from(99))),
             t0 + L / 2,
         )
         .unwrap();
         assert_eq!(newer.since, t0 + L / 2);
         assert!(Observed::refresh(Some(o), None, t0).is_none());
+    }
+
+    #[test]
+    fn an_age_measured_by_the_store_counts_before_the_first_sight() {
+        let t0 = Instant::now() + L * 4;
+        let o = obs(Some("other"), 1, t0, L, SystemTime::now());
+        let aged = |age| Some(Stored::new(o.record.clone(), o.version.clone()).with_age(age));
+        // A fresh observer: the lease started `age` before now.
+        let fresh = Observed::refresh(None, aged(L / 3), t0).unwrap();
+        assert_eq!(fresh.since, t0 - L / 3);
+        assert_eq!(fresh.expires_at(), t0 + L - L / 3);
+        // A long-dead holder is expired at the first read.
+        let dead = Observed::refresh(None, aged(L * 2), t0).unwrap();
+        assert_eq!(decide(Some(&dead), t0, "me", None), Decision::Acquire);
+        // An age never moves an earlier first sight later.
+        let seen = Observed::refresh(Some(o.clone()), aged(Duration::ZERO), t0 + L / 2).unwrap();
+        assert_eq!(seen.since, t0);
+    }
+
+    #[test]
+    fn tokens_continue_above_everything_seen_and_never_wrap() {
+        let t0 = Instant::now();
+        let o = obs(None, 5, t0, L, SystemTime::now());
+        assert_eq!(next_token(Some(&o), 0), Some(6));
+        assert_eq!(next_token(Some(&o), 41), Some(42));
+        assert_eq!(next_token(None, 41), Some(42));
+        assert_eq!(next_token(None, 0), Some(1));
+        let max = obs(None, u64::MAX, t0, L, SystemTime::now());
+        assert_eq!(next_token(Some(&max), 0), None);
+        assert_eq!(next_token(None, u64::MAX), None);
     }
 
     #[test]
@@ -292,9 +339,11 @@ mod tests {
         let t0 = Instant::now();
         let o = obs(Some("me"), 5, t0, L, SystemTime::now());
         assert_eq!(decide(Some(&o), t0, "me", None), Decision::Acquire);
+        let token = next_token(Some(&o), 0).unwrap();
         let r = next_record(
             &Decision::Acquire,
             Some(&o),
+            token,
             "me",
             L,
             None,
@@ -307,7 +356,7 @@ mod tests {
     fn records_to_write() {
         let t0 = Instant::now();
         let wall = SystemTime::now();
-        let created = next_record(&Decision::Create, None, "me", L, Some("addr"), wall);
+        let created = next_record(&Decision::Create, None, 1, "me", L, Some("addr"), wall);
         assert_eq!(
             (
                 created.transitions,
@@ -322,7 +371,7 @@ mod tests {
             since: t0,
         };
         let later = wall + Duration::from_secs(2);
-        let renewed = next_record(&Decision::Renew, Some(&o), "me", L, Some("addr"), later);
+        let renewed = next_record(&Decision::Renew, Some(&o), 9, "me", L, Some("addr"), later);
         assert_eq!(renewed.transitions, 1);
         assert_eq!(renewed.acquire_time, Some(wall));
         assert_eq!(renewed.renew_time, Some(later));
@@ -335,7 +384,7 @@ mod tests {
             since: t0,
         };
         assert_eq!(
-            next_record(&Decision::Acquire, Some(&o), "b", L, None, later).transitions,
+            next_record(&Decision::Acquire, Some(&o), 2, "b", L, None, later).transitions,
             2
         );
     }
