@@ -1,19 +1,30 @@
-//! Measures the Redis store against a real server (`TENURE_REDIS_URL`, loopback).
+//! Measures the Redis store against a real server on loopback.
 //!
 //! ```sh
-//! TENURE_REDIS_URL=redis://127.0.0.1:6379/ cargo run --release --features redis \
-//!     --example redis_bench -- [TRIALS] [ELECTIONS]    # defaults 200 and 10000
+//! TENURE_REDIS_SERVER=/usr/bin/redis-server cargo run --release --features redis \
+//!     --example redis_bench -- [TRIALS] [ELECTIONS] [FAILOVERS] [WINDOW_S]
+//! # defaults: 200 handoffs, 10000 elections, 100 failovers at L = 1 s, 60 s load windows
 //! ```
 //!
+//! With `TENURE_REDIS_SERVER` (a `redis-server` binary) the benchmark starts a private server
+//! without persistence on a free loopback port, so that nothing else counts in its statistics;
+//! otherwise it uses `TENURE_REDIS_URL` and the load figures include whatever else that server
+//! does.
+//!
 //! - graceful handoff: the leader's shutdown is requested; time until the follower's work
-//!   starts (release, publish, watch wake-up, re-read, compare-and-swap, re-read). L = 5 s,
-//!   D = 3 s, R = 1 s: the lease never expires during a trial.
-//! - crash failover: the leader's task is aborted without releasing; time until the follower
-//!   leads, for several lease durations (D = 0.6 L, R = L / 10).
-//! - Redis load per elector at steady state (L = 15 s, D = 10 s, R = 2 s) over a 20 s
-//!   window: client requests (`INFO commandstats`: `EVALSHA`, `PING`, ...) and
-//!   `total_commands_processed` (which also counts the commands run inside scripts), minus
-//!   the benchmark's own `INFO` calls: first a leader alone, then with a follower added.
+//!   starts (release, publish, watch event, compare-and-swap, re-read). L = 5 s, D = 3 s,
+//!   R = 1 s: the lease never expires during a trial.
+//! - crash failover: right after one of the leader's renewals, at a uniformly random point of
+//!   its retry period, the leader's task is aborted without releasing; time until the follower
+//!   leads, from the crash, and from the moment the lease expired (the last renewal's send
+//!   time + L: how late after the lease ran out the follower took over). L = 1 s (FAILOVERS
+//!   trials), 2 s (half as many) and 4 s (a quarter), D = 0.6 L, R = L / 10.
+//! - Redis load per role at steady state (L = 15 s, D = 10 s, R = 2 s), each over WINDOW_S:
+//!   client requests (`INFO commandstats`: `EVALSHA`, `PING`, `SUBSCRIBE`, ...), server
+//!   commands (`total_commands_processed`, which also counts the commands run inside scripts)
+//!   and bytes sent by the server (`total_net_output_bytes`: replies and pub/sub messages),
+//!   the benchmark's own `INFO` calls subtracted: a leader alone, then a watching follower
+//!   added, then three electors of another election together.
 //! - scale: ELECTIONS elections in this process, one elector each, over one `RedisStore`
 //!   (one command connection, one watch connection), R = 2 s: resident memory (VmRSS) and
 //!   CPU share (utime + stime over wall time) of this process at steady state.
@@ -24,7 +35,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use tenure::redis::RedisStore;
-use tenure::{LeaderElector, LeaderHandle, Term};
+use tenure::{LeaderElector, LeaderHandle, LeaderState, Term};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
 use tokio_util::sync::CancellationToken;
@@ -75,6 +86,54 @@ async fn connect(url: &str, prefix: &str) -> Result<RedisStore, Error> {
         .await?)
 }
 
+/// A private `redis-server` without persistence on a free loopback port, killed on drop.
+struct PrivateRedis {
+    child: std::process::Child,
+    url: String,
+}
+
+impl PrivateRedis {
+    async fn start(bin: &str) -> Result<Self, Error> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = std::process::Command::new(bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--logfile", ""])
+            .arg("--dir")
+            .arg(std::env::temp_dir())
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        let me = PrivateRedis {
+            child,
+            url: format!("redis://127.0.0.1:{port}/"),
+        };
+        for _ in 0..250 {
+            if let Ok(mut c) = redis::Client::open(me.url.as_str())?
+                .get_multiplexed_async_connection()
+                .await
+            {
+                if redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+                {
+                    return Ok(me);
+                }
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+        Err(format!("the private redis-server on port {port} did not start").into())
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -85,6 +144,24 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Signed milliseconds, for offsets from L.
+fn ms_signed(x: f64) -> String {
+    format!(
+        "{}{:.1} ms",
+        if x < 0.0 { "−" } else { "+" },
+        x.abs() * 1000.0
+    )
+}
+
+fn summary(sorted: &[Duration]) -> String {
+    format!(
+        "p50 {} · p99 {} · max {}",
+        ms(pct(sorted, 0.5)),
+        ms(pct(sorted, 0.99)),
+        ms(pct(sorted, 1.0))
+    )
 }
 
 /// Graceful handoffs between two candidates, the shut-down one replaced each time.
@@ -124,14 +201,24 @@ async fn handoff(url: &str, prefix: &str, trials: usize) -> Result<Vec<Duration>
     Ok(out)
 }
 
-/// Crash failovers at lease duration `l`.
+/// The current term of `h`, if it leads.
+fn term_of(h: &LeaderHandle) -> Option<Term> {
+    match h.current() {
+        LeaderState::Leading(t) if !t.is_cancelled() => Some(t),
+        _ => None,
+    }
+}
+
+/// Crash failovers at lease duration `l`: for each trial, (crash → new leader, new leader −
+/// (last renewal sent + L)), the second in seconds and signed.
 async fn failover(
     url: &str,
     prefix: &str,
     l: Duration,
     trials: usize,
-) -> Result<Vec<Duration>, Error> {
-    let t = (l, l * 6 / 10, l / 10);
+) -> Result<Vec<(Duration, f64)>, Error> {
+    let (d, r) = (l * 6 / 10, l / 10);
+    let t = (l, d, r);
     let name = format!("failover-{}", l.as_millis());
     let mut out = Vec::new();
     let mut a = spawn(connect(url, prefix).await?, &name, "a", t)?;
@@ -140,30 +227,68 @@ async fn failover(
         .ok_or("no leader")?;
     for i in 0..trials {
         let b = spawn(connect(url, prefix).await?, &name, &format!("b{i}"), t)?;
+        // The follower reads, subscribes and sees a few renewals.
         sleep(l / 2).await;
+        let term = term_of(&a.handle).ok_or("the leader lost its term")?;
+        // Crash at a uniformly random point of a retry period, right after a renewal (so
+        // that none is in flight: its send time is then exactly `valid_until − D`).
+        let renewed = term.valid_until();
+        let wait_renewal = Instant::now() + r * 3;
+        while term.valid_until() == renewed {
+            if Instant::now() > wait_renewal {
+                return Err("the leader did not renew".into());
+            }
+            sleep(Duration::from_millis(1)).await;
+        }
+        let phase: f64 = rand::thread_rng().gen_range(0.0..0.9);
+        sleep(r.mul_f64(phase)).await;
+        let last_renewal = term.valid_until() - d;
         let start = Instant::now();
         a.task.abort();
+        let _ = a.task.await;
+        if term.valid_until() - d != last_renewal {
+            return Err("a renewal raced the crash".into());
+        }
         timeout(l * 4, b.handle.leading())
             .await?
             .ok_or("the follower stopped")?;
-        out.push(start.elapsed());
+        let led = Instant::now();
+        let expired = last_renewal + l;
+        let past = if led >= expired {
+            (led - expired).as_secs_f64()
+        } else {
+            -(expired - led).as_secs_f64()
+        };
+        out.push((led - start, past));
         a = b;
     }
     a.shutdown.cancel();
     a.task.await??;
-    out.sort();
     Ok(out)
 }
 
-/// `total_commands_processed` (commands run inside scripts included) and the client
-/// requests among them (`EVALSHA`, `EVAL`, `PING`, `SUBSCRIBE`, ... from `INFO commandstats`).
-async fn counters(c: &mut redis::aio::MultiplexedConnection) -> Result<(u64, u64), Error> {
+/// Server counters at one moment.
+#[derive(Clone, Copy, Default)]
+struct Counters {
+    /// `total_commands_processed` (commands run inside scripts included).
+    commands: u64,
+    /// Client requests among them (`EVALSHA`, `EVAL`, `PING`, `SUBSCRIBE`, ... from
+    /// `INFO commandstats`).
+    requests: u64,
+    /// `total_net_output_bytes`: replies and pub/sub messages.
+    out_bytes: u64,
+    /// The length of the `INFO` reply that reported these.
+    info_len: u64,
+}
+
+async fn counters(c: &mut redis::aio::MultiplexedConnection) -> Result<Counters, Error> {
     let info: String = redis::cmd("INFO").arg("all").query_async(c).await?;
-    let total = info
-        .lines()
-        .find_map(|l| l.strip_prefix("total_commands_processed:"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or("no total_commands_processed in INFO")?;
+    let field = |name: &str| -> Result<u64, Error> {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| format!("no {name} in INFO").into())
+    };
     let mut requests = 0;
     for l in info.lines() {
         let Some((cmd, rest)) = l.strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else {
@@ -191,23 +316,48 @@ async fn counters(c: &mut redis::aio::MultiplexedConnection) -> Result<(u64, u64
             requests += calls;
         }
     }
-    Ok((total, requests))
+    Ok(Counters {
+        commands: field("total_commands_processed")?,
+        requests,
+        out_bytes: field("total_net_output_bytes")?,
+        info_len: info.len() as u64,
+    })
 }
 
-/// Server commands and client requests per second over `window` (the INFO calls themselves
-/// subtracted).
-async fn rate(url: &str, window: Duration) -> Result<(f64, f64), Error> {
+/// Per second over a window: server commands, client requests, bytes sent by the server.
+#[derive(Clone, Copy, Default)]
+struct Rate {
+    commands: f64,
+    requests: f64,
+    out_bytes: f64,
+}
+
+/// Rates over `window`, the benchmark's own `INFO` calls subtracted.
+async fn rate(url: &str, window: Duration) -> Result<Rate, Error> {
     let mut c = redis::Client::open(url)?
         .get_multiplexed_async_connection()
         .await?;
-    let (t0, r0) = counters(&mut c).await?;
+    let a = counters(&mut c).await?;
+    let started = Instant::now();
     sleep(window).await;
-    let (t1, r1) = counters(&mut c).await?;
-    let w = window.as_secs_f64();
-    Ok((
-        t1.saturating_sub(t0).saturating_sub(1) as f64 / w,
-        r1.saturating_sub(r0) as f64 / w,
-    ))
+    let b = counters(&mut c).await?;
+    let w = started.elapsed().as_secs_f64();
+    Ok(Rate {
+        // The first INFO is counted once it has run (the second one is not counted yet).
+        commands: b.commands.saturating_sub(a.commands).saturating_sub(1) as f64 / w,
+        requests: b.requests.saturating_sub(a.requests) as f64 / w,
+        // The first INFO's reply (plus its RESP header) went out during the window.
+        out_bytes: b.out_bytes.saturating_sub(a.out_bytes + a.info_len + 16) as f64 / w,
+    })
+}
+
+fn load(with: Rate, without: Rate) -> String {
+    format!(
+        "{:.3} requests/s · {:.3} server commands/s · {:.0} bytes/s sent by the server",
+        (with.requests - without.requests).max(0.0),
+        (with.commands - without.commands).max(0.0),
+        (with.out_bytes - without.out_bytes).max(0.0),
+    )
 }
 
 fn proc_stats() -> (u64, u64) {
@@ -233,49 +383,88 @@ fn proc_stats() -> (u64, u64) {
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let url = std::env::var("TENURE_REDIS_URL")
-        .map_err(|_| "set TENURE_REDIS_URL (scripts/test-services.sh starts a Redis)")?;
+    let private = match std::env::var("TENURE_REDIS_SERVER") {
+        Ok(bin) if !bin.is_empty() => Some(PrivateRedis::start(&bin).await?),
+        _ => None,
+    };
+    let url = match &private {
+        Some(p) => p.url.clone(),
+        None => std::env::var("TENURE_REDIS_URL").map_err(|_| {
+            "set TENURE_REDIS_SERVER (a redis-server binary) or TENURE_REDIS_URL \
+             (scripts/test-services.sh starts a Redis)"
+        })?,
+    };
     let mut args = std::env::args().skip(1);
-    let trials: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(200);
-    let elections: usize = args
-        .next()
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(10_000);
+    let mut arg = |default: usize| -> Result<usize, Error> {
+        Ok(args
+            .next()
+            .map(|a| a.parse())
+            .transpose()?
+            .unwrap_or(default))
+    };
+    let trials = arg(200)?;
+    let elections = arg(10_000)?;
+    let failovers = arg(100)?;
+    let window = Duration::from_secs(arg(60)? as u64);
     let r: u32 = rand::thread_rng().gen();
     let prefix = format!("tenure-bench-{r:08x}:");
     let mut rows: Vec<(String, String)> = Vec::new();
+    eprintln!(
+        "Redis at {url} ({})",
+        if private.is_some() {
+            "private"
+        } else {
+            "shared: load figures include other clients"
+        }
+    );
 
     let h = handoff(&url, &prefix, trials).await?;
     rows.push((
-        format!("graceful handoff ({} trials)", h.len()),
-        format!(
-            "p50 {} · p99 {} · max {}",
-            ms(pct(&h, 0.5)),
-            ms(pct(&h, 0.99)),
-            ms(pct(&h, 1.0))
-        ),
+        format!("graceful handoff, L = 5 s ({} trials)", h.len()),
+        summary(&h),
     ));
-    eprintln!("handoff done");
+    eprintln!("handoff done: {}", summary(&h));
 
-    for l in [1u64, 2, 4] {
+    for (l, n) in [(1u64, failovers), (2, failovers / 2), (4, failovers / 4)] {
         let l = Duration::from_secs(l);
-        let f = failover(&url, &prefix, l, 3).await?;
+        let f = failover(&url, &prefix, l, n.max(1)).await?;
+        let mut crash: Vec<Duration> = f.iter().map(|x| x.0).collect();
+        crash.sort();
+        let mut past: Vec<f64> = f.iter().map(|x| x.1).collect();
+        past.sort_by(f64::total_cmp);
+        let pf = |p: f64| past[((past.len() as f64 - 1.0) * p).round() as usize];
+        let lf = l.as_secs_f64();
+        let row = format!(
+            "crash → leader {} · as L + x: p50 {} · p99 {} · max {} · lease expiry → leader: \
+             p50 {} · p99 {} · max {}",
+            summary(&crash),
+            ms_signed(pct(&crash, 0.5).as_secs_f64() - lf),
+            ms_signed(pct(&crash, 0.99).as_secs_f64() - lf),
+            ms_signed(pct(&crash, 1.0).as_secs_f64() - lf),
+            ms_signed(pf(0.5)),
+            ms_signed(pf(0.99)),
+            ms_signed(pf(1.0)),
+        );
+        eprintln!("failover L = {l:?} done: {row}");
         rows.push((
-            format!("crash failover, L = {} s ({} trials)", l.as_secs(), f.len()),
-            format!("p50 {} · max {}", ms(pct(&f, 0.5)), ms(pct(&f, 1.0))),
+            format!(
+                "crash failover, L = {} s, R = {} ms ({} trials)",
+                l.as_secs(),
+                (l / 10).as_millis(),
+                f.len()
+            ),
+            row,
         ));
     }
-    eprintln!("failover done");
 
-    // Steady state at the defaults: a leader alone, then a follower too.
+    // Steady state at the defaults: a leader alone, then a watching follower too; then three
+    // electors of another election together.
     let defaults = (
         Duration::from_secs(15),
         Duration::from_secs(10),
         Duration::from_secs(2),
     );
-    let window = Duration::from_secs(20);
-    let idle = rate(&url, Duration::from_secs(4)).await?;
+    let idle = rate(&url, Duration::from_secs(10)).await?;
     let leader = spawn(connect(&url, &prefix).await?, "steady", "leader", defaults)?;
     timeout(Duration::from_secs(10), leader.handle.leading())
         .await?
@@ -290,25 +479,41 @@ async fn main() -> Result<(), Error> {
     )?;
     sleep(Duration::from_secs(1)).await;
     let with_both = rate(&url, window).await?;
-    let per = |a: (f64, f64), b: (f64, f64)| {
-        format!(
-            "{:.2} requests/s · {:.2} server commands/s (script-internal included)",
-            (a.1 - b.1).max(0.0),
-            (a.0 - b.0).max(0.0)
-        )
-    };
+    let w = window.as_secs();
     rows.push((
-        "Redis load, leader (L = 15 s, R = 2 s)".into(),
-        per(with_leader, idle),
+        format!("Redis load, leader (L = 15 s, R = 2 s, {w} s)"),
+        load(with_leader, idle),
     ));
     rows.push((
-        "Redis load, follower (L = 15 s, R = 2 s)".into(),
-        per(with_both, with_leader),
+        format!("Redis load, watching follower (L = 15 s, R = 2 s, {w} s)"),
+        load(with_both, with_leader),
     ));
     leader.shutdown.cancel();
     follower.shutdown.cancel();
     leader.task.await??;
     follower.task.await??;
+    let mut trio = Vec::new();
+    for id in ["a", "b", "c"] {
+        trio.push(spawn(connect(&url, &prefix).await?, "trio", id, defaults)?);
+    }
+    timeout(Duration::from_secs(10), async {
+        while !trio.iter().any(|c| c.handle.is_leader()) {
+            sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await?;
+    sleep(Duration::from_secs(1)).await;
+    let with_trio = rate(&url, window).await?;
+    rows.push((
+        format!("Redis load, three electors together (L = 15 s, R = 2 s, {w} s)"),
+        load(with_trio, idle),
+    ));
+    for c in &trio {
+        c.shutdown.cancel();
+    }
+    for c in trio {
+        c.task.await??;
+    }
     eprintln!("steady state done");
 
     // Scale: many elections over one store.
@@ -332,7 +537,7 @@ async fn main() -> Result<(), Error> {
     sleep(Duration::from_secs(4)).await;
     let (_, t0) = proc_stats();
     let w0 = Instant::now();
-    let cmds = rate(&url, window).await?;
+    let cmds = rate(&url, Duration::from_secs(20)).await?;
     let (rss1, t1) = proc_stats();
     let wall = w0.elapsed().as_secs_f64();
     let hz = 100.0; // USER_HZ on Linux
@@ -341,12 +546,14 @@ async fn main() -> Result<(), Error> {
     rows.push((
         format!("scale: {elections} elections, one store, R = 2 s"),
         format!(
-            "{leading} leading after {:.1} s · RSS {:.0} MiB (+{:.0} MiB) · CPU {:.1}% of one core · {:.0} requests/s",
+            "{leading} leading after {:.1} s · RSS {:.0} MiB (+{:.0} MiB) · CPU {:.1}% of one \
+             core · {:.0} requests/s · {:.0} server commands/s",
             ramp.as_secs_f64(),
             rss1 as f64 / 1024.0,
             rss1.saturating_sub(rss0) as f64 / 1024.0,
             cpu,
-            cmds.1
+            cmds.requests,
+            cmds.commands,
         ),
     ));
     for c in &many {
@@ -361,5 +568,6 @@ async fn main() -> Result<(), Error> {
     for (k, v) in rows {
         println!("| {k} | {v} |");
     }
+    drop(private);
     Ok(())
 }

@@ -59,7 +59,7 @@ pub use self::locks::{
 };
 pub use self::store::{
     cas, garbage_is_reported, names_are_isolated, odd_names, oversized_records_are_refused,
-    watch_yields_after_a_put,
+    watch_reports_writes_in_order, watch_yields_after_a_put,
 };
 
 /// Re-exported so harnesses can implement [`Harness`] without naming the crate themselves.
@@ -148,6 +148,7 @@ macro_rules! conformance_tests {
             garbage_is_reported,
             oversized_records_are_refused,
             watch_yields_after_a_put,
+            watch_reports_writes_in_order,
             electors_never_overlap,
             fencing_tokens_increase,
             tokens_survive_deletion,
@@ -189,6 +190,7 @@ pub async fn run_all<H: Harness>(h: &H) {
     garbage_is_reported(h).await;
     oversized_records_are_refused(h).await;
     watch_yields_after_a_put(h).await;
+    watch_reports_writes_in_order(h).await;
     electors_never_overlap(h).await;
     fencing_tokens_increase(h).await;
     tokens_survive_deletion(h).await;

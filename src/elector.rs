@@ -10,6 +10,7 @@ mod config;
 mod handle;
 pub mod state;
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -26,7 +27,7 @@ pub use self::config::{default_identity, Backoff, Config, MAX_DURATION};
 pub use self::handle::{Leader, LeaderHandle, LeaderState};
 use self::state::{decide, next_record, next_token, vacated, Decision, Observed};
 use crate::error::{with_timeout, Error, Result};
-use crate::store::{LeaseStore, PutMode, WatchStream};
+use crate::store::{LeaseStore, PutMode, Stored, Version, WatchEvent, WatchStream};
 pub use crate::term::{LostReason, StopReason, Term};
 
 type NewLeaderFn = Arc<dyn Fn(Option<&Leader>) + Send + Sync>;
@@ -217,28 +218,33 @@ impl Shutdown<'_> {
     }
 }
 
-/// Watch notifications, resubscribed after the stream ends. Cancellation safe.
+/// Watch events, resubscribed after the stream ends. Cancellation safe.
 struct Wakeups {
     stream: Option<WatchStream>,
     resubscribe_at: Option<Instant>,
 }
 
 impl Wakeups {
-    /// The next notification; an error that retrying cannot fix (permission denied) is
+    /// The next event; a restarted watch reports a [`WatchEvent::Hint`] (something may have
+    /// changed while nobody watched). An error that retrying cannot fix (permission denied) is
     /// returned once, and the watch is not resubscribed.
-    async fn next<S: LeaseStore>(&mut self, store: &S, name: &str, retry: Duration) -> Result<()> {
+    async fn next<S: LeaseStore>(
+        &mut self,
+        store: &S,
+        name: &str,
+        retry: Duration,
+    ) -> Result<WatchEvent> {
         loop {
             if let Some(at) = self.resubscribe_at {
                 sleep_until(at).await;
                 self.resubscribe_at = None;
                 self.stream = store.watch(name);
-                // Something may have changed while we were not watching: re-read.
-                return Ok(());
+                return Ok(WatchEvent::Hint);
             }
             match &mut self.stream {
                 None => std::future::pending::<()>().await,
                 Some(s) => match s.next().await {
-                    Some(Ok(())) => return Ok(()),
+                    Some(Ok(event)) => return Ok(event),
                     Some(Err(e)) if !e.is_retryable() => {
                         warn!(error = %e, "the store refused the watch");
                         self.stream = None;
@@ -258,7 +264,30 @@ impl Wakeups {
             }
         }
     }
+
+    /// Whether a watch is running or about to be resubscribed.
+    fn watching(&self) -> bool {
+        self.stream.is_some() || self.resubscribe_at.is_some()
+    }
 }
+
+/// What ended a follower's wait.
+enum Wake {
+    /// Shutdown was requested.
+    Shutdown,
+    /// The watch reported something.
+    Event(WatchEvent),
+    /// Time for a read (the poll, or the safety read of a store whose watch reports every
+    /// write).
+    Read,
+    /// The observed lease expired, by this elector's clock.
+    Expired,
+}
+
+/// How many versions an elector remembers having seen: a watch event for one of them is old
+/// news (a delayed event of the record before, or of our own write) and is ignored. Versions
+/// never repeat (see the `LeaseStore` contract), so a seen version is never a new write.
+const SEEN_VERSIONS: usize = 32;
 
 /// What an elector remembers of an election between runs: its last observation (with the
 /// instant it first saw that version) and the highest fencing token it ever saw. A `Mutex`
@@ -280,6 +309,8 @@ struct Runner<'a, S> {
     /// The highest token seen for this election, by read or by our own writes: a new term
     /// always asks for more.
     highest_token: u64,
+    /// The versions seen lately (read, watched or written), newest last.
+    seen: VecDeque<Version>,
     reported_holder: Option<Option<String>>,
     call_timeout: Duration,
 }
@@ -316,16 +347,47 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
             },
             observed,
             highest_token,
+            seen: VecDeque::new(),
             reported_holder: None,
             call_timeout: el.config.effective_call_timeout(),
         }
     }
 
-    /// Records the token of the current observation as seen.
+    /// Records the current observation's token and version as seen.
     fn note_token(&mut self) {
         if let Some(o) = &self.observed {
             self.highest_token = self.highest_token.max(o.record.transitions);
+            if !self.seen.contains(&o.version) {
+                if self.seen.len() == SEEN_VERSIONS {
+                    self.seen.pop_front();
+                }
+                self.seen.push_back(o.version.clone());
+            }
         }
+    }
+
+    /// Takes a read or a carried record as the current observation (`None`: no record).
+    fn observe(&mut self, fresh: Option<Stored>) {
+        self.observed = Observed::refresh(self.observed.take(), fresh, Instant::now());
+        self.note_token();
+    }
+
+    /// Whether `event` is old news: a `Put` of a version this elector has already seen.
+    fn seen_before(&self, event: &WatchEvent) -> bool {
+        matches!(event, WatchEvent::Put(s) if self.seen.contains(&s.version))
+    }
+
+    /// Whether the store's watch reports every write and is running: followers then read only
+    /// for safety, about once per lease duration.
+    fn watch_reports_every_write(&self) -> bool {
+        self.wakeups.watching() && self.el.store.capabilities().watch_every_write
+    }
+
+    /// The period of a watching follower's safety read: `L` to `1.5 × L`.
+    fn safety_read_period(&self) -> Duration {
+        let l = self.cfg().lease_duration;
+        let f: f64 = rand::thread_rng().gen_range(0.0..=0.5);
+        l + l.mul_f64(f)
     }
 
     fn cfg(&self) -> &Config {
@@ -398,8 +460,7 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
             el.store.get(&el.name),
         )
         .await?;
-        self.observed = Observed::refresh(self.observed.take(), fresh, Instant::now());
-        self.note_token();
+        self.observe(fresh);
         Ok(())
     }
 
@@ -408,22 +469,28 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
     async fn campaign(&mut self, campaigning: bool) -> Result<Option<Instant>> {
         let el = self.el;
         let mut attempt: u32 = 0;
+        let mut need_read = true;
         loop {
             if self.shutdown.requested() {
                 return Ok(None);
             }
             attempt = attempt.saturating_add(1);
-            if let Err(e) = self.read().await {
-                if !e.is_retryable() || (campaigning && self.cfg().single_attempt) {
-                    self.publish(None);
-                    return Err(e);
+            if need_read {
+                if let Err(e) = self.read().await {
+                    if !e.is_retryable() || (campaigning && self.cfg().single_attempt) {
+                        self.publish(None);
+                        return Err(e);
+                    }
+                    warn!(election = %el.name, error = %e, "reading the lease failed; retrying");
+                    let pause = self.retry_delay(attempt);
+                    match self.pause(pause, None).await? {
+                        Wake::Shutdown => return Ok(None),
+                        Wake::Event(e) if !self.seen_before(&e) => self.follow(e),
+                        _ => {}
+                    }
+                    continue;
                 }
-                warn!(election = %el.name, error = %e, "reading the lease failed; retrying");
-                let pause = self.retry_delay(attempt);
-                if self.pause(Some(pause), None).await? {
-                    return Ok(None);
-                }
-                continue;
+                need_read = false;
             }
             self.publish(None);
             let decision = decide(
@@ -444,44 +511,69 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
                     match self.try_acquire(&decision).await {
                         Ok(Some(sent)) => return Ok(Some(sent)),
                         Ok(None) if self.cfg().single_attempt => return Ok(None),
-                        Ok(None) => continue, // somebody wrote first: re-read at once
+                        Ok(None) => {
+                            // Somebody wrote first (or our view was stale): re-read at once.
+                            need_read = true;
+                            continue;
+                        }
                         Err(e) if !e.is_retryable() || self.cfg().single_attempt => return Err(e),
                         Err(e) => {
                             warn!(election = %el.name, error = %e, "acquiring the lease failed; retrying");
+                            need_read = true;
                             None
                         }
                     }
                 }
                 _ => None,
             };
-            // Re-read every jittered R (or on the configured backoff), as client-go does: a
-            // store's watch may not report renewals (Redis publishes only changes of holder),
-            // and a renewal seen late delays a takeover. A watch event wakes us at once and
-            // restarts this wait, so a store whose watch does report renewals (Kubernetes)
-            // costs no extra reads. Either way, wake at the observed expiry.
-            let poll = Some(self.retry_delay(attempt));
-            if self.pause(poll, expires_at).await? {
-                return Ok(None);
+            // When to read again. A store whose watch reports every write (with the record, or
+            // as a hint) needs no polling: a safety read about once per lease duration. Other
+            // stores are re-read every jittered R, as client-go does (or on the configured
+            // backoff): a renewal seen late delays a takeover. Either way, a watch event wakes
+            // us at once, and the observed expiry ends the wait.
+            let poll = if self.cfg().backoff.is_none() && self.watch_reports_every_write() {
+                self.safety_read_period()
+            } else {
+                self.retry_delay(attempt)
+            };
+            match self.pause(poll, expires_at).await? {
+                Wake::Shutdown => return Ok(None),
+                Wake::Event(WatchEvent::Hint) => need_read = true,
+                Wake::Event(e) if self.seen_before(&e) => {}
+                Wake::Event(e) => self.follow(e),
+                Wake::Read => need_read = true,
+                // Decide again on what we saw: a takeover is a compare-and-swap against that
+                // version, so a renewal we missed makes it conflict, never succeed.
+                Wake::Expired => {}
             }
         }
     }
 
-    /// Waits for a watch event, `poll` to pass, `until`, or shutdown (returns `true`); a watch
-    /// error that retrying cannot fix is returned.
-    async fn pause(&mut self, poll: Option<Duration>, until: Option<Instant>) -> Result<bool> {
-        let (store, name, retry) = (&self.el.store, &self.el.name, self.el.config.retry_period);
-        let poll_at = poll.map(|p| Instant::now() + p);
-        let woken = tokio::select! {
-            _ = self.shutdown.wait() => return Ok(true),
-            w = self.wakeups.next(store, name, retry) => w,
-            _ = sleep_until(poll_at.unwrap_or_else(far_future)), if poll_at.is_some() => Ok(()),
-            _ = sleep_until(until.unwrap_or_else(far_future)), if until.is_some() => Ok(()),
-        };
-        if let Err(e) = woken {
-            self.publish(None);
-            return Err(e);
+    /// Takes a watch event as the current observation (a follower's view).
+    fn follow(&mut self, event: WatchEvent) {
+        match event {
+            WatchEvent::Put(stored) => self.observe(Some(stored)),
+            WatchEvent::Deleted => self.observe(None),
+            // A hint carries nothing; the caller re-reads.
+            WatchEvent::Hint => {}
         }
-        Ok(false)
+    }
+
+    /// Waits for a watch event, `poll` to pass, `until`, or shutdown; a watch error that
+    /// retrying cannot fix is returned.
+    async fn pause(&mut self, poll: Duration, until: Option<Instant>) -> Result<Wake> {
+        let (store, name, retry) = (&self.el.store, &self.el.name, self.el.config.retry_period);
+        let poll_at = state::add(Instant::now(), poll);
+        let woken = tokio::select! {
+            _ = self.shutdown.wait() => return Ok(Wake::Shutdown),
+            w = self.wakeups.next(store, name, retry) => w.map(Wake::Event),
+            _ = sleep_until(poll_at) => Ok(Wake::Read),
+            _ = sleep_until(until.unwrap_or_else(far_future)), if until.is_some() => Ok(Wake::Expired),
+        };
+        if woken.is_err() {
+            self.publish(None);
+        }
+        woken
     }
 
     /// One attempt to take the lease. `Ok(None)`: somebody else wrote first.
@@ -661,9 +753,19 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
                     }
                 }
                 woken = self.wakeups.next(&el.store, &el.name, cfg.retry_period) => {
-                    if let Err(e) = woken {
-                        let reason = LostReason::StoreError { error: e.to_string() };
-                        return self.lost(&term, task, reason, Some(e)).await;
+                    let event = match woken {
+                        Ok(event) => event,
+                        Err(e) => {
+                            let reason = LostReason::StoreError { error: e.to_string() };
+                            return self.lost(&term, task, reason, Some(e)).await;
+                        }
+                    };
+                    // Our own writes (and anything else already seen) are old news: a leader
+                    // costs one write per R, nothing else. Anything new — another version, a
+                    // deletion, a hint — is checked with a read, since an event cannot be
+                    // ordered against our own latest write.
+                    if self.seen_before(&event) {
+                        continue;
                     }
                     match self.check_still_ours(token, deadline).await {
                         Ok(Some(reason)) => return self.lost(&term, task, reason, None).await,
@@ -734,6 +836,7 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
             version,
             since: sent,
         });
+        self.note_token();
         Ok(())
     }
 
@@ -818,6 +921,7 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
                         version,
                         since: sent,
                     });
+                    self.note_token();
                     return;
                 }
                 Err(e) => {

@@ -114,7 +114,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{with_timeout, Error, Result};
 use crate::record::LeaseRecord;
-use crate::store::{starts_term, Capabilities, LeaseStore, PutMode, Stored, Version, WatchStream};
+use crate::store::{
+    starts_term, Capabilities, LeaseStore, PutMode, Stored, Version, WatchEvent, WatchStream,
+};
 
 const KIND: &str = "file";
 /// Longest file name (escaped name plus extension) this store creates.
@@ -439,7 +441,7 @@ impl LeaseStore for FileStore {
                 let err = io_error("watch", &sub.name, "cannot watch", &sub.path, e);
                 return Some((Err(err), sub));
             }
-            Some((Ok(()), sub))
+            Some((Ok(WatchEvent::Hint), sub))
         });
         Some(stream.boxed())
     }
@@ -484,7 +486,10 @@ impl LeaseStore for FileStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE.with_durable_tokens(true)
+        // Every write renames onto the record file, and inotify (or the poller) sees each.
+        Capabilities::NONE
+            .with_durable_tokens(true)
+            .with_watch_every_write(true)
     }
 }
 
@@ -2068,7 +2073,7 @@ mod tests {
     }
 
     /// The next item of `w` within `within`, or `None` if it stayed quiet.
-    async fn next_within(w: &mut WatchStream, within: Duration) -> Option<Result<()>> {
+    async fn next_within(w: &mut WatchStream, within: Duration) -> Option<Result<WatchEvent>> {
         tokio::time::timeout(within, w.next()).await.ok().flatten()
     }
 
@@ -2111,7 +2116,7 @@ mod tests {
                 continue;
             }
             let got = next_within(w, Duration::from_secs(10)).await;
-            assert!(matches!(got, Some(Ok(()))), "{name}: {got:?}");
+            assert!(matches!(got, Some(Ok(WatchEvent::Hint))), "{name}: {got:?}");
         }
         // The fourth name's streams were not woken by the others' writes.
         for (name, w) in &mut streams {
@@ -2128,11 +2133,11 @@ mod tests {
         other.put("d", &rec("o", 1), PutMode::Create).await.unwrap();
         for (name, w) in streams.iter_mut().filter(|(n, _)| *n == "d") {
             let got = next_within(w, Duration::from_secs(10)).await;
-            assert!(matches!(got, Some(Ok(()))), "{name}: {got:?}");
+            assert!(matches!(got, Some(Ok(WatchEvent::Hint))), "{name}: {got:?}");
         }
         assert!(matches!(
             next_within(&mut late, Duration::from_secs(10)).await,
-            Some(Ok(()))
+            Some(Ok(WatchEvent::Hint))
         ));
         // The watcher goes with the last stream; the next stream creates a new one.
         drop(streams);
@@ -2161,7 +2166,10 @@ mod tests {
             .await
             .is_none());
         std::fs::rename(&temp, &path).unwrap();
-        assert!(matches!(next_within(&mut w, soon).await, Some(Ok(()))));
+        assert!(matches!(
+            next_within(&mut w, soon).await,
+            Some(Ok(WatchEvent::Hint))
+        ));
         // Reads do not wake anybody (every `get` opens the file).
         tokio::time::sleep(Duration::from_millis(50)).await;
         while next_within(&mut w, Duration::from_millis(50))
@@ -2178,7 +2186,10 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b" ").unwrap();
         drop(f);
-        assert!(matches!(next_within(&mut w, soon).await, Some(Ok(()))));
+        assert!(matches!(
+            next_within(&mut w, soon).await,
+            Some(Ok(WatchEvent::Hint))
+        ));
         // A delete.
         tokio::time::sleep(Duration::from_millis(50)).await;
         while next_within(&mut w, Duration::from_millis(50))
@@ -2186,7 +2197,10 @@ mod tests {
             .is_some()
         {}
         std::fs::remove_file(&path).unwrap();
-        assert!(matches!(next_within(&mut w, soon).await, Some(Ok(()))));
+        assert!(matches!(
+            next_within(&mut w, soon).await,
+            Some(Ok(WatchEvent::Hint))
+        ));
         // None of it concerned "y".
         assert!(next_within(&mut quiet, Duration::from_millis(50))
             .await
@@ -2230,11 +2244,20 @@ mod tests {
         while next_within(&mut other, poll * 10).await.is_some() {}
         let within = poll * 100;
         let v1 = b.put("p", &rec("b", 1), PutMode::Create).await.unwrap();
-        assert!(matches!(next_within(&mut w, within).await, Some(Ok(()))));
+        assert!(matches!(
+            next_within(&mut w, within).await,
+            Some(Ok(WatchEvent::Hint))
+        ));
         let v2 = b.put("p", &rec("b", 1), PutMode::Update(v1)).await.unwrap();
-        assert!(matches!(next_within(&mut w, within).await, Some(Ok(()))));
+        assert!(matches!(
+            next_within(&mut w, within).await,
+            Some(Ok(WatchEvent::Hint))
+        ));
         b.delete("p", &v2).await.unwrap();
-        assert!(matches!(next_within(&mut w, within).await, Some(Ok(()))));
+        assert!(matches!(
+            next_within(&mut w, within).await,
+            Some(Ok(WatchEvent::Hint))
+        ));
         // Quiet when nothing changes, and "q" heard nothing of "p".
         assert!(next_within(&mut w, poll * 5).await.is_none());
         assert!(next_within(&mut other, poll * 5).await.is_none());
@@ -2350,7 +2373,7 @@ mod tests {
             .unwrap();
         assert!(matches!(
             next_within(&mut w, Duration::from_secs(10)).await,
-            Some(Ok(()))
+            Some(Ok(WatchEvent::Hint))
         ));
     }
 }

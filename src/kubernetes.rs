@@ -84,11 +84,38 @@
 //! [`Error::TooLarge`] and nothing is written. Any 422 (`Invalid`) the API server still
 //! answers is [`Error::Rejected`]: final, never retried.
 //!
+//! # Watch
+//!
+//! [`watch`](LeaseStore::watch) watches the one Lease (`fieldSelector=metadata.name=NAME`,
+//! which a Role with `resourceNames` can grant; no `list`), and reports every write — the
+//! store claims [`watch_every_write`](crate::Capabilities::watch_every_write), so followers
+//! stop polling:
+//!
+//! - `ADDED` and `MODIFIED` are a [`WatchEvent::Put`](crate::WatchEvent::Put) of the Lease
+//!   decoded exactly as `get` decodes it, its `resourceVersion` the version. A Lease that does
+//!   not decode is yielded as `get` would fail, [`Error::Decode`], and ends the stream (the
+//!   elector stops with it). A vacant Lease shaped like a create's placeholder (no times,
+//!   `leaseTransitions: 0`, no token) is a [`WatchEvent::Hint`](crate::WatchEvent::Hint)
+//!   instead: the create's own update follows at once, and a follower should not race the
+//!   creator for it.
+//! - `DELETED` is [`WatchEvent::Deleted`](crate::WatchEvent::Deleted); `BOOKMARK` yields
+//!   nothing (it only moves the point a restart resumes from).
+//! - Each event's Lease is remembered, so that the update that follows — a follower's
+//!   takeover, a leader's renewal — carries its metadata without a `get`. An event never
+//!   replaces a newer Lease already seen (resourceVersions compared as numbers, where they
+//!   are; otherwise the later-arriving wins), and never is yielded after a newer one.
+//! - The server ends each watch after 4 minutes; it is restarted from the last
+//!   `resourceVersion` seen, missing nothing, and yields nothing for the restart. After a gap
+//!   — `410 Gone`, an error, a restart that cannot resume from a `resourceVersion` — it
+//!   starts again at the current state and yields a [`WatchEvent::Hint`](crate::WatchEvent::Hint)
+//!   first, so that the caller re-reads.
+//!
 //! # Unreadable Leases and errors
 //!
 //! A Lease tenure cannot read — a holder without a positive `leaseDurationSeconds`, a
 //! duration over 7 days, a negative `leaseTransitions`, a malformed [`TOKEN_ANNOTATION`] —
-//! makes `get` fail with [`Error::Decode`] naming `namespace/name`, and is never overwritten.
+//! makes `get` fail with [`Error::Decode`] naming `namespace/name` (and the watch yield that
+//! error when it sees one), and is never overwritten.
 //! A 401 or 403 is [`Error::PermissionDenied`] naming the verb (`get`, `watch`, `create`,
 //! `update`, `delete`); on the watch it is yielded once and ends the stream, and the elector
 //! stops with it.
@@ -111,7 +138,10 @@ use tracing::debug;
 
 use crate::error::{with_timeout, Error, Result};
 use crate::record::{LeaseRecord, MAX_DURATION};
-use crate::store::{starts_term, Capabilities, LeaseStore, PutMode, Stored, Version, WatchStream};
+use crate::store::{
+    starts_term, Capabilities, LeaseStore, PutMode, Stored, Version, WatchEvent as StoreEvent,
+    WatchStream,
+};
 
 const KIND: &str = "kubernetes";
 
@@ -140,6 +170,17 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The server-side timeout of one watch request; the watch is restarted when it ends.
 const WATCH_SECONDS: u32 = 240;
+
+/// A watching store whose requests are all watches keeps one connection of the client's pool
+/// warm with a read of its Lease at least this often: hyper drops idle connections after 90 s,
+/// and the first request on a new connection from kube's client (which leaves Nagle's
+/// algorithm on) waits about 40 ms for a delayed ACK — a follower's takeover would pay it.
+const KEEP_WARM: Duration = Duration::from_secs(85);
+
+/// How long after a watch restarts — it may have taken the pool's idle connection — the store
+/// makes that read, unless another request was made meanwhile (a leader renews every `R`, so
+/// only followers pay it). After the first start the read comes at once.
+const WARM_UP_DELAY: Duration = Duration::from_secs(10);
 
 /// The candidate identity to use in a pod: the pod's name when the downward API sets
 /// `POD_NAME`, else [`crate::elector::default_identity`] (hostname, pid and a random suffix).
@@ -185,9 +226,33 @@ struct Inner {
     namespace: String,
     timeout: Duration,
     recorder: Option<Recorder>,
-    /// The last Lease seen per name (from a read or a write), to carry its metadata (labels,
-    /// other annotations, owner references) into the next update, as client-go does.
-    seen: Mutex<HashMap<String, Lease>>,
+    /// The newest Lease seen per name — by a read, a write or a watch event — to carry its
+    /// metadata (labels, other annotations, owner references) into the next update, as
+    /// client-go does, and to spare that update a read.
+    seen: Mutex<HashMap<String, Seen>>,
+    /// When the last request other than a watch was sent (see [`KEEP_WARM`]).
+    last_request: Mutex<tokio::time::Instant>,
+}
+
+/// What [`Inner::seen`] holds for one name.
+struct Seen {
+    /// The resourceVersion of the Lease, or of its deletion.
+    rv: Option<String>,
+    /// The Lease; `None` after a watched deletion.
+    lease: Option<Lease>,
+}
+
+/// Whether what was seen at resourceVersion `incoming` replaces what was seen at `cached`:
+/// not if both are decimal numbers (etcd revisions) and `incoming` is the smaller — an event
+/// or a response that arrived late — and otherwise the later-arriving wins.
+fn supersedes(incoming: Option<&str>, cached: Option<&str>) -> bool {
+    match (
+        incoming.and_then(parse_decimal::<u64>),
+        cached.and_then(parse_decimal::<u64>),
+    ) {
+        (Some(i), Some(c)) => i >= c,
+        _ => true,
+    }
 }
 
 /// Configures a [`KubeLeaseStore`]; see [`KubeLeaseStore::builder`].
@@ -251,6 +316,7 @@ impl Builder {
                 timeout: self.timeout,
                 recorder,
                 seen: Mutex::new(HashMap::new()),
+                last_request: Mutex::new(tokio::time::Instant::now()),
             }),
         })
     }
@@ -309,29 +375,65 @@ impl KubeLeaseStore {
         format!("{}/{name}", self.inner.namespace)
     }
 
-    fn remember(&self, name: &str, lease: Option<Lease>) {
-        let mut seen = self
-            .inner
+    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, Seen>> {
+        self.inner
             .seen
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match lease {
-            Some(l) => {
-                seen.insert(name.to_owned(), l);
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Remembers `lease` as the newest seen under `name`, unless a newer one was seen already
+    /// (see [`supersedes`]).
+    fn remember(&self, name: &str, lease: Lease) {
+        let mut seen = self.seen();
+        let rv = lease.metadata.resource_version.clone();
+        match seen.get_mut(name) {
+            Some(s) if !supersedes(rv.as_deref(), s.rv.as_deref()) => {}
+            Some(s) => {
+                s.rv = rv;
+                s.lease = Some(lease);
             }
             None => {
+                seen.insert(
+                    name.to_owned(),
+                    Seen {
+                        rv,
+                        lease: Some(lease),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Forgets the Lease under `name`: deleted at resourceVersion `rv` (a watched deletion,
+    /// ignored if a newer Lease was seen already), or found missing (`None`).
+    fn forget(&self, name: &str, rv: Option<&str>) {
+        let mut seen = self.seen();
+        match rv {
+            None => {
                 seen.remove(name);
+            }
+            Some(rv) => {
+                if seen
+                    .get(name)
+                    .is_none_or(|s| supersedes(Some(rv), s.rv.as_deref()))
+                {
+                    seen.insert(
+                        name.to_owned(),
+                        Seen {
+                            rv: Some(rv.to_owned()),
+                            lease: None,
+                        },
+                    );
+                }
             }
         }
     }
 
     fn remembered(&self, name: &str, version: &Version) -> Option<Lease> {
-        let seen = self
-            .inner
-            .seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        seen.get(name)
+        self.seen()
+            .get(name)
+            .and_then(|s| s.lease.as_ref())
             .filter(|l| l.metadata.resource_version.as_deref() == Some(version.as_str()))
             .cloned()
     }
@@ -342,15 +444,34 @@ impl KubeLeaseStore {
         name: &str,
         fut: impl std::future::Future<Output = kube::Result<T>>,
     ) -> Result<T> {
+        if verb != "watch" {
+            *self
+                .inner
+                .last_request
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = tokio::time::Instant::now();
+        }
         with_timeout(KIND, verb, name, self.inner.timeout, async {
             fut.await.map_err(|e| self.map_err(verb, name, e))
         })
         .await
     }
 
+    /// When the last request other than a watch was sent.
+    fn last_request(&self) -> tokio::time::Instant {
+        *self
+            .inner
+            .last_request
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     async fn read_lease(&self, name: &str) -> Result<Option<Lease>> {
         let found = self.call("get", name, self.inner.api.get_opt(name)).await?;
-        self.remember(name, found.clone());
+        match &found {
+            Some(l) => self.remember(name, l.clone()),
+            None => self.forget(name, None),
+        }
         Ok(found)
     }
 
@@ -777,6 +898,25 @@ fn placeholder(namespace: &str, name: &str) -> Lease {
     }
 }
 
+/// Whether `lease` is shaped like tenure's [`placeholder`]: vacant, `leaseTransitions: 0`,
+/// no times and no token — the first half of a create, which its second half overwrites at
+/// once (or, if the creator stopped in between, a vacant Lease anybody may acquire).
+fn is_placeholder(lease: &Lease) -> bool {
+    let Some(spec) = &lease.spec else {
+        return false;
+    };
+    spec.holder_identity.as_deref() == Some("")
+        && spec.lease_duration_seconds == Some(1)
+        && spec.lease_transitions == Some(0)
+        && spec.acquire_time.is_none()
+        && spec.renew_time.is_none()
+        && lease
+            .metadata
+            .annotations
+            .as_ref()
+            .is_none_or(|a| !a.contains_key(TOKEN_ANNOTATION))
+}
+
 /// The record a Lease holds, or why it holds none tenure can read.
 fn decode(lease: &Lease) -> std::result::Result<LeaseRecord, String> {
     let spec = lease.spec.clone().unwrap_or_default();
@@ -843,6 +983,19 @@ fn set_annotation(meta: &mut ObjectMeta, key: &str, value: Option<String>) {
     }
 }
 
+impl KubeLeaseStore {
+    /// The record `lease` holds and its version, as `get` and the watch report them, or
+    /// [`Error::Decode`].
+    fn stored(&self, name: &str, lease: &Lease) -> Result<Stored> {
+        let record = decode(lease).map_err(|why| Error::Decode {
+            store: KIND,
+            key: self.key(name),
+            source: Box::new(Undecodable(why)),
+        })?;
+        Ok(Stored::new(record, version_of(self, name, lease)?))
+    }
+}
+
 fn version_of(store: &KubeLeaseStore, name: &str, lease: &Lease) -> Result<Version> {
     match lease.metadata.resource_version.as_deref() {
         Some(v) if !v.is_empty() => Ok(Version::new(v)),
@@ -865,12 +1018,7 @@ impl LeaseStore for KubeLeaseStore {
         let Some(lease) = self.read_lease(name).await? else {
             return Ok(None);
         };
-        let record = decode(&lease).map_err(|why| Error::Decode {
-            store: KIND,
-            key: self.key(name),
-            source: Box::new(Undecodable(why)),
-        })?;
-        Ok(Some(Stored::new(record, version_of(self, name, &lease)?)))
+        self.stored(name, &lease).map(Some)
     }
 
     async fn put(&self, name: &str, record: &LeaseRecord, mode: PutMode) -> Result<Version> {
@@ -891,7 +1039,7 @@ impl LeaseStore for KubeLeaseStore {
                         self.inner.api.create(&pp, &placeholder(ns, name)),
                     )
                     .await?;
-                self.remember(name, Some(created.clone()));
+                self.remember(name, created.clone());
                 (created, None)
             }
             PutMode::Update(version) => {
@@ -942,7 +1090,7 @@ impl LeaseStore for KubeLeaseStore {
             Err(e) => return Err(e),
         };
         let version = version_of(self, name, &written)?;
-        self.remember(name, Some(written.clone()));
+        self.remember(name, written.clone());
         debug!(lease = %self.key(name), fencing_token = next.token, starts_term = next.starts_term, "wrote the Lease");
         let prev_holder = previous.as_ref().and_then(|p| p.holder.as_deref());
         match &record.holder {
@@ -972,6 +1120,8 @@ impl LeaseStore for KubeLeaseStore {
             failures: 0,
             owe_yield: false,
             ended: false,
+            last: None,
+            warm_after: None,
         };
         Some(
             futures_util::stream::unfold(
@@ -993,14 +1143,17 @@ impl LeaseStore for KubeLeaseStore {
         };
         self.call("delete", name, self.inner.api.delete(name, &dp))
             .await?;
-        self.remember(name, None);
+        self.forget(name, None);
         Ok(())
     }
 
     /// Tokens survive `kubectl delete lease`: their floor is etcd's revision (see
-    /// [Fencing tokens](self#fencing-tokens) for what can still break that).
+    /// [Fencing tokens](self#fencing-tokens) for what can still break that). The watch
+    /// reports every write with the Lease it wrote (see [Watch](self#watch)).
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE.with_durable_tokens(true)
+        Capabilities::NONE
+            .with_durable_tokens(true)
+            .with_watch_every_write(true)
     }
 }
 
@@ -1015,20 +1168,40 @@ enum From {
     Now,
 }
 
-/// One Lease's watch: restarted when the server ends it, on 410 Gone and after errors; after
-/// a gap it yields once so that the caller re-reads.
+/// One Lease's watch: restarted when the server ends it, on 410 Gone and after errors; see
+/// [Watch](self#watch) for what it yields.
 struct Watcher {
     store: KubeLeaseStore,
     name: String,
     from: From,
     events: Option<BoxStream<'static, kube::Result<WatchEvent<Lease>>>>,
     failures: u32,
+    /// A gap: yield a [`StoreEvent::Hint`] before anything else.
     owe_yield: bool,
     ended: bool,
+    /// The resourceVersion of the last event yielded, if a decimal number: an event of an
+    /// older one is never yielded after it.
+    last: Option<u64>,
+    /// When the watch last (re)started, and when a warm-up read is due unless the store sends
+    /// another request since.
+    warm_after: Option<(tokio::time::Instant, tokio::time::Instant)>,
+}
+
+/// When the next keep-warm read is due: [`KEEP_WARM`] after the `last` request, or at the
+/// warm-up's due time if the watch (re)started after the last request — whichever comes first.
+fn warm_at(
+    last: tokio::time::Instant,
+    warm_up: Option<(tokio::time::Instant, tokio::time::Instant)>,
+) -> tokio::time::Instant {
+    let idle = last + KEEP_WARM;
+    match warm_up {
+        Some((started, due)) if last < started => idle.min(due),
+        _ => idle,
+    }
 }
 
 impl Watcher {
-    async fn next(&mut self) -> Option<Result<()>> {
+    async fn next(&mut self) -> Option<Result<StoreEvent>> {
         loop {
             if self.ended {
                 return None;
@@ -1042,7 +1215,19 @@ impl Watcher {
                     .await;
                 }
                 match self.start().await {
-                    Ok(s) => self.events = Some(s),
+                    Ok(s) => {
+                        self.events = Some(s);
+                        // The first watch has just taken the connection of the elector's first
+                        // read: warm another one at once. A restart waits WARM_UP_DELAY, so
+                        // that a leader's renewals spare it the read.
+                        let started = tokio::time::Instant::now();
+                        let delay = if self.last.is_none() {
+                            Duration::ZERO
+                        } else {
+                            WARM_UP_DELAY
+                        };
+                        self.warm_after = Some((started, started + delay));
+                    }
                     Err(e @ Error::PermissionDenied { .. }) => {
                         self.ended = true;
                         return Some(Err(e));
@@ -1056,44 +1241,38 @@ impl Watcher {
                     }
                 }
                 if std::mem::take(&mut self.owe_yield) {
-                    return Some(Ok(()));
+                    return Some(Ok(StoreEvent::Hint));
                 }
                 continue;
             };
             let idle = Duration::from_secs(u64::from(WATCH_SECONDS) + 30);
-            match tokio::time::timeout(idle, events.next()).await {
-                Err(_) | Ok(None) => {
-                    // The server ended the watch (or went silent): resume where we were.
-                    self.events = None;
-                }
-                Ok(Some(Ok(
-                    WatchEvent::Added(l) | WatchEvent::Modified(l) | WatchEvent::Deleted(l),
-                ))) => {
-                    self.failures = 0;
-                    if let Some(rv) = l.metadata.resource_version {
-                        self.from = From::After(rv);
+            let warm_at = warm_at(self.store.last_request(), self.warm_after);
+            let next = tokio::select! {
+                next = tokio::time::timeout(idle, events.next()) => next,
+                _ = tokio::time::sleep_until(warm_at) => {
+                    if let Some(out) = self.keep_warm().await {
+                        return Some(out);
                     }
-                    return Some(Ok(()));
+                    continue;
                 }
-                Ok(Some(Ok(WatchEvent::Bookmark(b)))) => {
-                    self.from = From::After(b.metadata.resource_version);
+            };
+            match next {
+                Err(_) | Ok(None) => {
+                    // The server ended the watch (or went silent): resume where we were. A
+                    // watch that never saw a resourceVersion restarts at the current state,
+                    // and what happened in between is a gap.
+                    self.events = None;
+                    if matches!(self.from, From::Now) {
+                        self.owe_yield = true;
+                    }
                 }
-                Ok(Some(Ok(WatchEvent::Error(status)))) if matches!(status.code, 401 | 403) => {
-                    return Some(Err(self.refused(kube::Error::Api(status))));
+                Ok(Some(Ok(event))) => {
+                    if let Some(out) = self.on_event(event) {
+                        return Some(out);
+                    }
                 }
                 Ok(Some(Err(kube::Error::Api(status)))) if matches!(status.code, 401 | 403) => {
                     return Some(Err(self.refused(kube::Error::Api(status))));
-                }
-                Ok(Some(Ok(WatchEvent::Error(status)))) => {
-                    if status.code == 410 {
-                        debug!(lease = %self.name, "the Lease watch expired (410 Gone); restarting");
-                    } else {
-                        debug!(lease = %self.name, status = ?status, "the Lease watch failed; restarting");
-                        self.failures = self.failures.saturating_add(1);
-                    }
-                    self.events = None;
-                    self.from = From::Now;
-                    self.owe_yield = true;
                 }
                 Ok(Some(Err(e))) => {
                     debug!(lease = %self.name, error = %e, "the Lease watch broke; restarting");
@@ -1104,6 +1283,112 @@ impl Watcher {
                 }
             }
         }
+    }
+
+    /// Reads the Lease to keep a pooled connection warm (see [`KEEP_WARM`]); the read doubles
+    /// as a safety read: a newer Lease than the watch reported is yielded. Errors are left to
+    /// the watch and the elector's own reads.
+    async fn keep_warm(&mut self) -> Option<Result<StoreEvent>> {
+        if tokio::time::Instant::now() < warm_at(self.store.last_request(), self.warm_after) {
+            return None; // another request kept it warm meanwhile
+        }
+        self.warm_after = None;
+        match self.store.read_lease(&self.name).await {
+            Ok(Some(lease)) => {
+                let rv = lease.metadata.resource_version.clone();
+                let newer = rv
+                    .as_deref()
+                    .and_then(parse_decimal::<u64>)
+                    .is_some_and(|v| self.last.is_none_or(|last| v > last));
+                if !newer || is_placeholder(&lease) || !self.in_order(rv.as_deref()) {
+                    return None;
+                }
+                self.store
+                    .stored(&self.name, &lease)
+                    .ok()
+                    .map(|s| Ok(StoreEvent::Put(s)))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                debug!(lease = %self.name, error = %e, "the keep-warm read failed");
+                None
+            }
+        }
+    }
+
+    /// What one event from the API server yields, if anything.
+    fn on_event(&mut self, event: WatchEvent<Lease>) -> Option<Result<StoreEvent>> {
+        match event {
+            WatchEvent::Added(lease) | WatchEvent::Modified(lease) => {
+                self.failures = 0;
+                let rv = lease.metadata.resource_version.clone();
+                if let Some(rv) = &rv {
+                    self.from = From::After(rv.clone());
+                }
+                // The next update carries this Lease's metadata without reading it first.
+                self.store.remember(&self.name, lease.clone());
+                if !self.in_order(rv.as_deref()) {
+                    return None;
+                }
+                if is_placeholder(&lease) {
+                    // The first half of a create: its second half follows at once. Report
+                    // that the Lease appeared, not a vacancy to race the creator for.
+                    return Some(Ok(StoreEvent::Hint));
+                }
+                match self.store.stored(&self.name, &lease) {
+                    Ok(stored) => Some(Ok(StoreEvent::Put(stored))),
+                    // As `get` reports it: final, the elector stops.
+                    Err(e) => {
+                        self.ended = true;
+                        self.events = None;
+                        Some(Err(e))
+                    }
+                }
+            }
+            WatchEvent::Deleted(lease) => {
+                self.failures = 0;
+                let rv = lease.metadata.resource_version;
+                if let Some(rv) = &rv {
+                    self.from = From::After(rv.clone());
+                }
+                self.store.forget(&self.name, rv.as_deref());
+                self.in_order(rv.as_deref())
+                    .then_some(Ok(StoreEvent::Deleted))
+            }
+            WatchEvent::Bookmark(b) => {
+                self.from = From::After(b.metadata.resource_version);
+                None
+            }
+            WatchEvent::Error(status) if matches!(status.code, 401 | 403) => {
+                Some(Err(self.refused(kube::Error::Api(status))))
+            }
+            WatchEvent::Error(status) => {
+                if status.code == 410 {
+                    debug!(lease = %self.name, "the Lease watch expired (410 Gone); restarting");
+                } else {
+                    debug!(lease = %self.name, status = ?status, "the Lease watch failed; restarting");
+                    self.failures = self.failures.saturating_add(1);
+                }
+                self.events = None;
+                self.from = From::Now;
+                self.owe_yield = true;
+                None
+            }
+        }
+    }
+
+    /// Whether an event at resourceVersion `rv` may be yielded: not if it is older than the
+    /// last one yielded (both decimal numbers); if so, it becomes the last one.
+    fn in_order(&mut self, rv: Option<&str>) -> bool {
+        let Some(rv) = rv.and_then(parse_decimal::<u64>) else {
+            return true;
+        };
+        if self.last.is_some_and(|last| rv < last) {
+            debug!(lease = %self.name, resource_version = rv, "ignoring an event older than one already reported");
+            return false;
+        }
+        self.last = Some(rv);
+        true
     }
 
     /// A 401 or 403 while watching: [`Error::PermissionDenied`] for verb `watch`, which ends
@@ -1467,6 +1752,224 @@ mod tests {
         // A Lease without a spec is vacant.
         let empty = Lease::default();
         assert!(decode(&empty).unwrap().is_vacant());
+    }
+
+    #[test]
+    fn newer_resource_versions_supersede_older_ones() {
+        assert!(supersedes(Some("11"), Some("10")));
+        assert!(supersedes(Some("10"), Some("10")));
+        assert!(!supersedes(Some("9"), Some("10")));
+        // Numbers, not text: "9" < "10".
+        assert!(supersedes(Some("10"), Some("9")));
+        // Unless both are numbers, the later-arriving wins.
+        for (a, b) in [
+            (Some("x"), Some("10")),
+            (Some("9"), Some("x")),
+            (None, Some("10")),
+        ] {
+            assert!(supersedes(a, b), "{a:?} over {b:?}");
+        }
+    }
+
+    /// A store whose client points nowhere: for what needs no API call.
+    fn offline_store() -> KubeLeaseStore {
+        let cfg = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let client = Client::try_from(cfg).unwrap();
+        KubeLeaseStore::builder(client, "ns")
+            .events(false)
+            .build()
+            .unwrap()
+    }
+
+    fn held(holder: &str) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(holder.into()),
+            lease_duration_seconds: Some(15),
+            lease_transitions: Some(1),
+            renew_time: Some(MicroTime(Timestamp::from_second(1_700_000_000).unwrap())),
+            ..LeaseSpec::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_cache_keeps_the_newest_lease() {
+        let s = offline_store();
+        let v = |rv: &str| Version::new(rv);
+        s.remember("x", stored("10", held("a"), &[]));
+        // A late event of an older version does not replace it.
+        s.remember("x", stored("9", held("b"), &[]));
+        assert!(s.remembered("x", &v("10")).is_some());
+        assert!(s.remembered("x", &v("9")).is_none());
+        // A watched deletion replaces it; an older Lease arriving after it does not.
+        s.forget("x", Some("12"));
+        assert!(s.remembered("x", &v("10")).is_none());
+        s.remember("x", stored("11", held("a"), &[]));
+        assert!(s.remembered("x", &v("11")).is_none());
+        s.remember("x", stored("13", held("c"), &[]));
+        assert!(s.remembered("x", &v("13")).is_some());
+        // A deletion older than the Lease seen changes nothing.
+        s.forget("x", Some("12"));
+        assert!(s.remembered("x", &v("13")).is_some());
+        // Not numbers: the later-arriving wins.
+        s.remember("x", stored("abc", held("d"), &[]));
+        assert!(s.remembered("x", &v("abc")).is_some());
+        s.remember("x", stored("5", held("e"), &[]));
+        assert!(s.remembered("x", &v("5")).is_some());
+        // Found missing by a read: forgotten.
+        s.forget("x", None);
+        assert!(s.remembered("x", &v("5")).is_none());
+        // Names are apart.
+        s.remember("y", stored("1", held("a"), &[]));
+        assert!(s.remembered("x", &v("1")).is_none());
+    }
+
+    fn watcher(store: &KubeLeaseStore) -> Watcher {
+        Watcher {
+            store: store.clone(),
+            name: "x".into(),
+            from: From::Now,
+            events: None,
+            failures: 0,
+            owe_yield: false,
+            ended: false,
+            last: None,
+            warm_after: None,
+        }
+    }
+
+    #[test]
+    fn a_follower_keeps_a_connection_warm_and_a_leader_does_not_pay_for_it() {
+        let t0 = tokio::time::Instant::now();
+        // A follower: its last request came before the watch started.
+        let started = t0 + Duration::from_secs(1);
+        let restart = Some((started, started + WARM_UP_DELAY));
+        assert_eq!(warm_at(t0, restart), started + WARM_UP_DELAY);
+        assert_eq!(warm_at(t0, Some((started, started))), started);
+        // A leader renewed after the watch started: nothing until the pool would go cold.
+        let renewed = started + Duration::from_secs(2);
+        assert_eq!(warm_at(renewed, restart), renewed + KEEP_WARM);
+        assert_eq!(warm_at(renewed, None), renewed + KEEP_WARM);
+        // Within the pool's 90 s idle timeout, and a 60 s-lease follower stays within one
+        // request per lease: a watch and three reads per 240 s watch.
+        assert!(KEEP_WARM < Duration::from_secs(90));
+        assert!(WARM_UP_DELAY + KEEP_WARM * 2 < Duration::from_secs(u64::from(WATCH_SECONDS)));
+    }
+
+    fn event(kind: &str, object: serde_json::Value) -> WatchEvent<Lease> {
+        serde_json::from_value(serde_json::json!({"type": kind, "object": object})).unwrap()
+    }
+
+    fn lease_json(lease: &Lease) -> serde_json::Value {
+        let mut v = serde_json::to_value(lease).unwrap();
+        v["apiVersion"] = "coordination.k8s.io/v1".into();
+        v["kind"] = "Lease".into();
+        v
+    }
+
+    #[tokio::test]
+    async fn watch_events_carry_the_record() {
+        let s = offline_store();
+        let mut w = watcher(&s);
+        let put =
+            |w: &mut Watcher, kind: &str, lease: &Lease| w.on_event(event(kind, lease_json(lease)));
+        // The create's placeholder: a hint, not a vacancy to race for.
+        let p = stored("5", placeholder("ns", "x").spec.unwrap(), &[]);
+        assert!(matches!(
+            put(&mut w, "ADDED", &p),
+            Some(Ok(StoreEvent::Hint))
+        ));
+        // The create's update: the record exactly as `get` decodes it, and its version.
+        let a = stored(
+            "6",
+            held("a"),
+            &[(TOKEN_ANNOTATION, "6/1"), (VALUE_ANNOTATION, "v")],
+        );
+        match put(&mut w, "MODIFIED", &a) {
+            Some(Ok(StoreEvent::Put(st))) => {
+                assert_eq!(st, Stored::new(decode(&a).unwrap(), Version::new("6")));
+                assert_eq!(st.record.holder.as_deref(), Some("a"));
+                assert_eq!(st.record.transitions, 6);
+                assert_eq!(st.record.value.as_deref(), Some("v"));
+            }
+            other => panic!("expected a Put, got {other:?}"),
+        }
+        assert!(s.remembered("x", &Version::new("6")).is_some());
+        assert!(matches!(&w.from, From::After(rv) if rv == "6"));
+        // An older event after a newer one: neither yielded nor remembered.
+        let old = stored("4", held("z"), &[]);
+        assert!(put(&mut w, "MODIFIED", &old).is_none());
+        assert!(s.remembered("x", &Version::new("6")).is_some());
+        // A duplicate is allowed.
+        assert!(matches!(
+            put(&mut w, "MODIFIED", &a),
+            Some(Ok(StoreEvent::Put(_)))
+        ));
+        // A bookmark yields nothing; a restart resumes after it.
+        let bookmark = serde_json::json!({
+            "kind": "Lease", "apiVersion": "coordination.k8s.io/v1",
+            "metadata": {"resourceVersion": "7"},
+        });
+        assert!(w.on_event(event("BOOKMARK", bookmark)).is_none());
+        assert!(matches!(&w.from, From::After(rv) if rv == "7"));
+        // A deletion.
+        let gone = stored("8", held("a"), &[]);
+        assert!(matches!(
+            put(&mut w, "DELETED", &gone),
+            Some(Ok(StoreEvent::Deleted))
+        ));
+        assert!(s.remembered("x", &Version::new("6")).is_none());
+        // 410 Gone: nothing now, a hint once restarted (at the current state).
+        let gone = serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410,
+            "reason": "Expired", "message": "too old resource version",
+        });
+        assert!(w.on_event(event("ERROR", gone)).is_none());
+        assert!(w.owe_yield && matches!(w.from, From::Now) && !w.ended);
+        // A Lease that does not decode: Decode, as `get` would fail, and the end.
+        let mut garbage = held("g");
+        garbage.lease_duration_seconds = None;
+        let garbage = stored("9", garbage, &[]);
+        match put(&mut w, "MODIFIED", &garbage) {
+            Some(Err(Error::Decode { store, key, .. })) => {
+                assert_eq!((store, key.as_str()), (KIND, "ns/x"));
+            }
+            other => panic!("expected Decode, got {other:?}"),
+        }
+        assert!(w.ended);
+    }
+
+    #[tokio::test]
+    async fn a_forbidden_watch_ends_with_permission_denied() {
+        let s = offline_store();
+        let mut w = watcher(&s);
+        let forbidden = serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
+            "reason": "Forbidden", "message": "no",
+        });
+        assert!(matches!(
+            w.on_event(event("ERROR", forbidden)),
+            Some(Err(Error::PermissionDenied {
+                operation: "watch",
+                ..
+            }))
+        ));
+        assert!(w.ended);
+        assert!(w.next().await.is_none());
+    }
+
+    #[test]
+    fn placeholders_are_recognised() {
+        assert!(is_placeholder(&placeholder("ns", "x")));
+        // A client-go release has times; a tenure release has its token.
+        let mut released = placeholder("ns", "x");
+        released.spec.as_mut().unwrap().renew_time =
+            Some(MicroTime(Timestamp::from_second(1_700_000_000).unwrap()));
+        assert!(!is_placeholder(&released));
+        let mut tokened = placeholder("ns", "x");
+        set_annotation(&mut tokened.metadata, TOKEN_ANNOTATION, Some("5/0".into()));
+        assert!(!is_placeholder(&tokened));
+        assert!(!is_placeholder(&stored("1", held("a"), &[])));
+        assert!(!is_placeholder(&Lease::default()));
     }
 
     #[test]

@@ -29,5 +29,7 @@ pub use elector::{
 pub use error::{with_timeout, BoxError, Error, Result};
 pub use memory::MemoryStore;
 pub use record::LeaseRecord;
-pub use store::{starts_term, Capabilities, LeaseStore, PutMode, Stored, Version, WatchStream};
+pub use store::{
+    starts_term, Capabilities, LeaseStore, PutMode, Stored, Version, WatchEvent, WatchStream,
+};
 pub use term::Term;

@@ -9,14 +9,15 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::record::LeaseRecord;
-use crate::store::{Capabilities, LeaseStore, PutMode, Stored, Version, WatchStream};
+use crate::store::{Capabilities, LeaseStore, PutMode, Stored, Version, WatchEvent, WatchStream};
 
 const KIND: &str = "memory";
 
 /// An in-process [`LeaseStore`]: every clone shares the same records.
 ///
 /// Records are kept encoded, exactly as a remote store keeps bytes, so decoding errors are
-/// exercised too ([`put_raw`](Self::put_raw) writes arbitrary bytes). Watches are exact. `get`
+/// exercised too ([`put_raw`](Self::put_raw) writes arbitrary bytes). Watches report every
+/// write with the record written ([`WatchEvent::Put`]). `get`
 /// reports each version's age on the process's monotonic clock. Tokens are durable for the
 /// store's lifetime: a write that starts a term stores a token above every one the name ever
 /// held, also after a delete.
@@ -164,9 +165,21 @@ impl LeaseStore for MemoryStore {
 
     fn watch(&self, name: &str) -> Option<WatchStream> {
         let rx = self.with(|inner| inner.entry(name).changed.subscribe());
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.changed().await.ok()?;
-            Some((Ok(()), rx))
+        let store = self.clone();
+        let name = name.to_owned();
+        // Each change is reported with the record as it is now: changes in quick succession
+        // coalesce into the latest, never an older one after a newer.
+        let stream = futures_util::stream::unfold(rx, move |mut rx| {
+            let (store, name) = (store.clone(), name.clone());
+            async move {
+                rx.changed().await.ok()?;
+                let event = match store.get(&name).await {
+                    Ok(Some(stored)) => Ok(WatchEvent::Put(stored)),
+                    Ok(None) => Ok(WatchEvent::Deleted),
+                    Err(e) => Err(e),
+                };
+                Some((event, rx))
+            }
         });
         Some(stream.boxed())
     }
@@ -189,6 +202,8 @@ impl LeaseStore for MemoryStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE.with_durable_tokens(true)
+        Capabilities::NONE
+            .with_durable_tokens(true)
+            .with_watch_every_write(true)
     }
 }

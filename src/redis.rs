@@ -35,29 +35,30 @@
 //! `w`: their age is unknown until the next write). Names are not escaped: any non-empty UTF-8
 //! name up to 1024 bytes is a key of its own. A record with a holder has no expiry; a vacant
 //! (released) record expires ten lease durations (at least a minute) after its last write.
-//! Writes that start or end a term publish the new version on the channel
-//! `<prefix>chan:<name>` (deletes publish `deleted`), before they write.
+//! Every write — a create, a renewal, a new term, a release — publishes the new version and
+//! the record it writes, `<version> <record JSON>` (the JSON as stored, with the token the
+//! write chose), on the channel `<prefix>chan:<name>` before it writes; a record longer than
+//! [`MAX_PUBLISHED_RECORD_LEN`] is published as its bare version. A delete publishes `deleted`.
 //!
 //! # Permissions
 //!
 //! An ACL user (Redis 6 or later) needs the keys `~<prefix>*`, the channels
 //! `&<prefix>chan:*`, and the commands `EVALSHA`, `SCRIPT LOAD`, `SUBSCRIBE`, `UNSUBSCRIBE`,
-//! `PING` and those the scripts run — `TYPE`, `HMGET`, `HGET`, `HSET`, `PEXPIRE`, `PERSIST`,
-//! `DEL`, `PUBLISH`, `TIME` — plus `SELECT` if the URL names a database. For the default
-//! prefix:
+//! `PING` and those the scripts run — `TYPE`, `HMGET`, `HSET`, `PEXPIRE`, `PERSIST`, `DEL`,
+//! `PUBLISH`, `TIME` — plus `SELECT` if the URL names a database. For the default prefix:
 //!
 //! ```text
 //! ACL SETUSER app on >secret resetkeys ~tenure:* resetchannels &tenure:chan:* -@all
-//!     +evalsha +script|load +subscribe +unsubscribe +ping +type +hmget +hget +hset
+//!     +evalsha +script|load +subscribe +unsubscribe +ping +type +hmget +hset
 //!     +pexpire +persist +del +publish +time
 //! ```
 //!
 //! The channel rights are easy to miss: since Redis 7 a new user has none
 //! (`acl-pubsub-default resetchannels`). Without them the watch's `SUBSCRIBE` and the
 //! scripts' `PUBLISH` are refused: the watch yields [`Error::PermissionDenied`] and ends;
-//! every write that publishes (a create, a new term, a release, a delete) fails with
-//! [`Error::PermissionDenied`] and writes nothing (renewals, which do not publish, still
-//! pass); and a [`LeaderElector`](crate::LeaderElector) stops with that error. Every other refusal —
+//! every write (a create, a renewal, a new term, a release, a delete) fails with
+//! [`Error::PermissionDenied`] and writes nothing, since each one publishes; reads still
+//! pass; and a [`LeaderElector`](crate::LeaderElector) stops with that error. Every other refusal —
 //! a key, a command, a command inside a script — is [`Error::PermissionDenied`] as well, never
 //! a retried error.
 //!
@@ -85,16 +86,24 @@
 //!   elections do not stay forever. The record of a holder that died without releasing stays
 //!   until a candidate takes it over (and later releases it) or it is deleted: one small hash
 //!   per election name.
-//! - **Watch.** Each store opens one extra connection for all its watches and subscribes to the
-//!   channels of the names watched. After reconnecting it resubscribes and wakes every watcher,
-//!   which re-reads: a message missed during the gap can only delay a follower (at worst until
-//!   the lease expires), never mislead it. A `SUBSCRIBE` refused for lack of permission yields
-//!   [`Error::PermissionDenied`] to that channel's watches and ends them; other failures
-//!   (no connection, `maxclients`, a timeout) are retried after a jittered pause, between half
-//!   and all of a value that doubles from 100 ms to 5 s (back to 100 ms once a connection
-//!   answers its `PING`); the watches' commands are served meanwhile. The connection's task
-//!   ends when the last clone of the store is dropped, whatever it is doing; the watches then
-//!   end too.
+//! - **Watch: every write, with its record.** Each store opens one extra connection for all its
+//!   watches and subscribes to the channels of the names watched. Each message becomes a
+//!   [`WatchEvent::Put`] with the version and record written (renewals included, so followers
+//!   see every renewal within one round trip and need no polling:
+//!   [`Capabilities::watch_every_write`]), or [`WatchEvent::Deleted`]; a message that
+//!   announces no record (somebody else publishing on the channel, a record too long to
+//!   publish, an older tenure's bare version) is a [`WatchEvent::Hint`]. Pub/sub keeps the
+//!   order of one channel's messages, so events follow the order of the writes; a watcher that
+//!   falls behind skips to the latest event, never gets an older one after a newer. After
+//!   every (re)subscription each watcher gets a hint and re-reads: a message missed during a
+//!   gap can only delay a follower (at worst until the lease expires), never mislead it. The
+//!   connection is checked with a `PING` when it stayed silent for 5 s. A `SUBSCRIBE` refused
+//!   for lack of permission yields [`Error::PermissionDenied`] to that channel's watches and
+//!   ends them; other failures (no connection, `maxclients`, a timeout) are retried after a
+//!   jittered pause, between half and all of a value that doubles from 100 ms to 5 s (back to
+//!   100 ms once a connection delivers a message or answers its `PING`); the watches' commands
+//!   are served meanwhile. The connection's task ends when the last clone of the store is
+//!   dropped, whatever it is doing; the watches then end too.
 //! - **Sizes are checked before writing.** A record whose JSON is longer than
 //!   [`MAX_RECORD_LEN`] (512 MiB, the default `proto-max-bulk-len`) fails with
 //!   [`Error::TooLarge`] and nothing is sent. Do not lower `proto-max-bulk-len` below the
@@ -124,7 +133,10 @@
 //! may believe they lead. Use `noeviction` (a full server then refuses writes: renewals fail,
 //! the leader steps down at its renew deadline and nobody takes over until memory is freed) or
 //! a `volatile-*` policy (only vacant records, which carry an expiry, can be evicted, which is
-//! harmless).
+//! harmless). A write refused for lack of memory has already published its version (the
+//! `PUBLISH` comes first and is not refused): watchers then see a version that was never
+//! stored, which only delays them — they count the lease from that announcement, and their
+//! takeover, a compare-and-swap against it, conflicts and makes them re-read.
 //!
 //! **The server's clock.** Ages and tokens come from the `TIME` of the server that runs the
 //! script. A clock stepped **forward** (or a failover to a master whose clock is ahead of the
@@ -173,14 +185,14 @@
 //! observed, and learns the token stored by re-reading the record after the write that starts
 //! its term, as the [`LeaseStore`] contract requires.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub, PubSubSink};
 use ::redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError, Script, ServerErrorKind};
 use futures_util::StreamExt;
 use rand::Rng;
@@ -189,7 +201,7 @@ use tracing::{debug, warn};
 
 use crate::error::{with_timeout, BoxError, Error, Result};
 use crate::record::LeaseRecord;
-use crate::store::{Capabilities, LeaseStore, PutMode, Stored, Version, WatchStream};
+use crate::store::{Capabilities, LeaseStore, PutMode, Stored, Version, WatchEvent, WatchStream};
 
 const KIND: &str = "redis";
 /// The default key prefix.
@@ -199,11 +211,17 @@ pub const MAX_NAME_LEN: usize = 1024;
 /// The largest record tenure writes, in bytes of JSON: Redis's default `proto-max-bulk-len`
 /// (512 MiB), the longest string a default server accepts.
 pub const MAX_RECORD_LEN: usize = 512 << 20;
+/// The longest record a write publishes along with its version, in bytes of JSON. A longer
+/// record is published as its bare version, which watches report as a [`WatchEvent::Hint`]
+/// (the watcher re-reads): messages stay far below the server's pub/sub output buffer limits
+/// (`client-output-buffer-limit pubsub`, 32 MiB by default), which would disconnect watchers.
+pub const MAX_PUBLISHED_RECORD_LEN: usize = 64 << 10;
 /// Vacant records expire after this many lease durations without a write...
 const EXPIRY_LEASES: u32 = 10;
 /// ...but never sooner than this.
 const MIN_EXPIRY: Duration = Duration::from_secs(60);
-/// How often the watch connection is checked with a `PING`.
+/// How long the watch connection may go without a message before it is checked with a `PING`
+/// (and then how often, while it stays silent).
 const WATCH_PING: Duration = Duration::from_secs(5);
 /// The first pause of the watch connection after a failure; it doubles with each failure...
 const MIN_PAUSE: Duration = Duration::from_millis(100);
@@ -260,6 +278,12 @@ end
 local function expiry(key, ms)
   if ms == '0' then redis.call('PERSIST', key) else redis.call('PEXPIRE', key, ms) end
 end
+-- What a write publishes: '<version> <record JSON>', or the bare version when the record is
+-- too long for a message (watchers then re-read).
+local function announce(v, rec)
+  if #rec > PUBLISHED_RECORD_MAX then return v end
+  return v .. ' ' .. rec
+end
 ";
 
 /// `get`: KEYS[1] = key. Returns {'none'}, {'garbage', why} or {'ok', version, json, written,
@@ -273,15 +297,16 @@ return {'ok', f[1] .. '.' .. f[2], f[3], f[4] or '', now_us()}
 
 /// `put(Create)`: KEYS[1] = key; ARGV = JSON before the token, JSON after it, the token asked
 /// for (decimal), the holder tag, expiry in ms ('0': none), channel. Returns {'exists'} or
-/// {'ok', version}. Publishes before writing, so that a refused `PUBLISH` writes nothing.
+/// {'ok', version}. Publishes the new version and record before writing, so that a refused
+/// `PUBLISH` writes nothing.
 const CREATE: &str = r"
 if redis.call('TYPE', KEYS[1])['ok'] ~= 'none' then return {'exists'} end
 local now = now_us()
 local tr = token(ARGV[3], now)
 local v = now .. '.1'
-redis.call('PUBLISH', ARGV[6], v)
-redis.call('HSET', KEYS[1], 'e', now, 'n', '1', 'w', now, 'h', tr .. '|' .. ARGV[4],
-  'rec', ARGV[1] .. tr .. ARGV[2])
+local rec = ARGV[1] .. tr .. ARGV[2]
+redis.call('PUBLISH', ARGV[6], announce(v, rec))
+redis.call('HSET', KEYS[1], 'e', now, 'n', '1', 'w', now, 'h', tr .. '|' .. ARGV[4], 'rec', rec)
 if ARGV[5] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
 return {'ok', v}
 ";
@@ -290,8 +315,9 @@ return {'ok', v}
 /// it, the token asked for (decimal), the holder tag, expiry in ms ('0': none), channel.
 /// Returns {'conflict'}, {'garbage', why} or {'ok', version}. A write whose token differs from
 /// the stored record's starts a term and stores `token(asked, now)`; renewals and releases
-/// store the token asked for. Publishes (before writing) only when the term tag changes: a
-/// term starts or ends, not on renewals.
+/// store the token asked for. Every write, renewals included, publishes the new version and
+/// record before writing, so that a refused `PUBLISH` writes nothing. The term tag `h` is
+/// still written, for older tenure versions that publish only when it changes.
 const UPDATE: &str = r#"
 local f, refused = expect(KEYS[1], ARGV[1])
 if not f then return refused end
@@ -301,16 +327,16 @@ n = string.format('%d', n + 1)
 local now = now_us()
 local tr = ARGV[4]
 if string.match(f[3], '"transitions"%s*:%s*(%d+)') ~= tr then tr = token(tr, now) end
-local tag = tr .. '|' .. ARGV[5]
 local v = f[1] .. '.' .. n
-if redis.call('HGET', KEYS[1], 'h') ~= tag then redis.call('PUBLISH', ARGV[7], v) end
-redis.call('HSET', KEYS[1], 'n', n, 'w', now, 'h', tag, 'rec', ARGV[2] .. tr .. ARGV[3])
+local rec = ARGV[2] .. tr .. ARGV[3]
+redis.call('PUBLISH', ARGV[7], announce(v, rec))
+redis.call('HSET', KEYS[1], 'n', n, 'w', now, 'h', tr .. '|' .. ARGV[5], 'rec', rec)
 expiry(KEYS[1], ARGV[6])
 return {'ok', v}
 "#;
 
 /// `delete`: KEYS[1] = key; ARGV = expected version, channel. Returns {'conflict'},
-/// {'garbage', why} or {'ok'}. Publishes before deleting.
+/// {'garbage', why} or {'ok'}. Publishes `deleted` before deleting.
 const DELETE: &str = r"
 local f, refused = expect(KEYS[1], ARGV[1])
 if not f then return refused end
@@ -406,13 +432,26 @@ impl RedisOptions {
                 timeout: t,
                 hub: tx,
                 next_watch: AtomicU64::new(0),
-                read: Script::new(&format!("{PRELUDE}{READ}")),
-                create: Script::new(&format!("{PRELUDE}{CREATE}")),
-                update: Script::new(&format!("{PRELUDE}{UPDATE}")),
-                delete: Script::new(&format!("{PRELUDE}{DELETE}")),
+                read: script(READ),
+                create: script(CREATE),
+                update: script(UPDATE),
+                delete: script(DELETE),
             }),
         })
     }
+}
+
+/// The prelude's functions, with the limits filled in.
+fn prelude() -> String {
+    PRELUDE.replace(
+        "PUBLISHED_RECORD_MAX",
+        &MAX_PUBLISHED_RECORD_LEN.to_string(),
+    )
+}
+
+/// A script: the prelude's functions, then `body`.
+fn script(body: &str) -> Script {
+    Script::new(&format!("{}{body}", prelude()))
 }
 
 /// Connects once (no retries), authenticates and pings, retrying only while nothing answers,
@@ -789,13 +828,12 @@ impl LeaseStore for RedisStore {
             Err(e) => return Some(futures_util::stream::once(async { Err(e) }).boxed()),
         };
         let id = self.inner.next_watch.fetch_add(1, Ordering::Relaxed);
-        // Room for one pending wake-up (they coalesce) and a final error.
-        let (tx, rx) = mpsc::channel(2);
+        let mailbox = Arc::new(Mailbox::default());
         let subscribe = HubCmd::Subscribe {
             chan: chan.clone(),
             name: name.to_owned(),
             id,
-            tx,
+            mailbox: mailbox.clone(),
         };
         if self.inner.hub.send(subscribe).is_err() {
             return None;
@@ -807,9 +845,9 @@ impl LeaseStore for RedisStore {
             id,
         };
         Some(
-            futures_util::stream::unfold((rx, guard), |(mut rx, guard)| async move {
-                let item = rx.recv().await?;
-                Some((item, (rx, guard)))
+            futures_util::stream::unfold((mailbox, guard), |(mailbox, guard)| async move {
+                let item = mailbox.take().await?;
+                Some((item, (mailbox, guard)))
             })
             .boxed(),
         )
@@ -834,8 +872,12 @@ impl LeaseStore for RedisStore {
 
     /// Durable tokens: every write that starts a term stores at least the server's `TIME` in
     /// microseconds (see the [module documentation](self) for what can still break that).
+    /// The watch reports every write: each one, renewals included, publishes its version and
+    /// record.
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE.with_durable_tokens(true)
+        Capabilities::NONE
+            .with_durable_tokens(true)
+            .with_watch_every_write(true)
     }
 }
 
@@ -849,7 +891,7 @@ enum HubCmd {
         chan: String,
         name: String,
         id: u64,
-        tx: mpsc::Sender<Result<()>>,
+        mailbox: Arc<Mailbox>,
     },
     /// Watcher `id` stopped watching `chan`.
     Unsubscribe { chan: String, id: u64 },
@@ -872,28 +914,118 @@ impl Drop for Unsubscribe {
     }
 }
 
+/// What the hub has for one watch: the latest event not yet taken — a newer one replaces it,
+/// so that a slow watcher skips to the newest, never gets an older one after a newer, and never
+/// misses the newest — or the error that ends the watch (never replaced); and whether the hub
+/// let go of the watch (its stream then ends once the mailbox is empty).
+///
+/// A `Put` may replace a hint not yet taken: it was published after the (re)subscription the
+/// hint stands for, so it is newer than anything the hint was about — the re-read the hint
+/// asks for would return it or a later version, and every later one follows as its own event.
+#[derive(Default)]
+struct Mailbox {
+    mail: std::sync::Mutex<Mail>,
+    posted: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Mail {
+    next: Option<Result<WatchEvent>>,
+    closed: bool,
+}
+
+impl Mailbox {
+    fn with<T>(&self, f: impl FnOnce(&mut Mail) -> T) -> T {
+        // Nothing panics while holding the lock: poison is moot.
+        f(&mut self.mail.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Leaves `item` for the watch, in place of any event it has not taken yet; a final error
+    /// stays.
+    fn post(&self, item: Result<WatchEvent>) {
+        let posted = self.with(|m| {
+            if m.closed || matches!(m.next, Some(Err(_))) {
+                return false;
+            }
+            m.next = Some(item);
+            true
+        });
+        if posted {
+            // Stores a permit if the watch is not waiting: no wake-up is lost.
+            self.posted.notify_one();
+        }
+    }
+
+    /// The hub lets go: the stream ends once it has taken what is left.
+    fn close(&self) {
+        self.with(|m| m.closed = true);
+        self.posted.notify_one();
+    }
+
+    /// The next item, or `None` once the hub let go and nothing is left. Cancellation safe.
+    async fn take(&self) -> Option<Result<WatchEvent>> {
+        loop {
+            let taken = self.with(|m| match m.next.take() {
+                Some(item) => Some(Some(item)),
+                None if m.closed => Some(None),
+                None => None,
+            });
+            if let Some(item) = taken {
+                return item;
+            }
+            self.posted.notified().await;
+        }
+    }
+}
+
+/// One watch of a channel, as the hub holds it; dropping it ends the watch's stream.
 struct Watcher {
     name: String,
-    tx: mpsc::Sender<Result<()>>,
+    mailbox: Arc<Mailbox>,
 }
 
 impl Watcher {
-    fn wake(&self) {
-        // One pending wake-up covers any number (they coalesce) and keeps the second slot free
-        // for a final error. The hub is the only sender, so the check cannot race another one.
-        if self.tx.capacity() == self.tx.max_capacity() {
-            let _ = self.tx.try_send(Ok(()));
-        }
+    fn post(&self, event: WatchEvent) {
+        self.mailbox.post(Ok(event));
     }
 
     /// Sends the error that ends this watch; the stream ends when the watcher is dropped.
     fn fail(self, e: &RedisError) {
-        let _ = self.tx.try_send(Err(Error::PermissionDenied {
+        self.mailbox.post(Err(Error::PermissionDenied {
             store: KIND,
             operation: "watch",
-            name: self.name,
+            name: self.name.clone(),
             source: Box::new(e.clone()),
         }));
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.mailbox.close();
+    }
+}
+
+/// The event a message on an election's channel announces: `<version> <record JSON>` is a
+/// [`WatchEvent::Put`], `deleted` a [`WatchEvent::Deleted`]. Anything else — a bare version
+/// (a record too long to publish, or a write by an older tenure that publishes only versions),
+/// or a message somebody else published — is a [`WatchEvent::Hint`]: the watcher re-reads.
+fn event_of(chan: &str, payload: &[u8]) -> WatchEvent {
+    if payload == b"deleted" {
+        return WatchEvent::Deleted;
+    }
+    let parsed = payload.iter().position(|&b| b == b' ').and_then(|at| {
+        let version = version_of(payload.get(..at)?)?;
+        let json = payload.get(at + 1..)?;
+        let record = LeaseRecord::from_json(KIND, chan, json).ok()?;
+        Some(Stored::new(record, version))
+    });
+    match parsed {
+        Some(stored) => WatchEvent::Put(stored),
+        None => {
+            debug!(channel = %chan, len = payload.len(), "a message that announces no record: a hint");
+            WatchEvent::Hint
+        }
     }
 }
 
@@ -914,6 +1046,9 @@ struct Hub {
     subs: HashMap<String, HashMap<u64, Watcher>>,
     /// The channels subscribed on the current connection.
     active: HashSet<String>,
+    /// Channels whose subscription may not match `subs` (to subscribe or unsubscribe), so
+    /// that a message costs no scan of every channel.
+    todo: VecDeque<String>,
     /// The pause before the next reconnection.
     pause: Duration,
 }
@@ -921,12 +1056,19 @@ struct Hub {
 impl Hub {
     fn apply(&mut self, cmd: HubCmd) {
         match cmd {
-            HubCmd::Subscribe { chan, name, id, tx } => {
-                let w = Watcher { name, tx };
-                // Subscribed already: one wake-up covers anything written before this watch.
-                // Otherwise the wake-up follows the SUBSCRIBE.
+            HubCmd::Subscribe {
+                chan,
+                name,
+                id,
+                mailbox,
+            } => {
+                let w = Watcher { name, mailbox };
+                // Subscribed already: a hint covers anything written before this watch, and
+                // every later write is announced. Otherwise the hint follows the SUBSCRIBE.
                 if self.active.contains(&chan) {
-                    w.wake();
+                    w.post(WatchEvent::Hint);
+                } else {
+                    self.todo.push_back(chan.clone());
                 }
                 self.subs.entry(chan).or_default().insert(id, w);
             }
@@ -935,15 +1077,17 @@ impl Hub {
                     ws.remove(&id);
                     if ws.is_empty() {
                         self.subs.remove(&chan);
+                        self.todo.push_back(chan);
                     }
                 }
             }
         }
     }
 
-    fn wake(&self, chan: &str) {
+    /// Gives `event` to every watch of `chan`.
+    fn post(&self, chan: &str, event: &WatchEvent) {
         for w in self.subs.get(chan).into_iter().flat_map(HashMap::values) {
-            w.wake();
+            w.post(event.clone());
         }
     }
 
@@ -980,61 +1124,83 @@ impl Hub {
         half + jitter
     }
 
+    /// Subscribes `chan` and gives its watchers a hint; `Some` if the connection must end. A
+    /// refusal for lack of permission ends the channel's watches instead.
+    async fn subscribe(
+        &mut self,
+        sink: &mut PubSubSink,
+        chan: String,
+        t: Duration,
+    ) -> Option<Ended> {
+        let Some(r) = self
+            .serving(tokio::time::timeout(t, sink.subscribe(&chan)))
+            .await
+        else {
+            return Some(Ended::Store);
+        };
+        match r {
+            Ok(Ok(())) => {
+                self.active.insert(chan.clone());
+                // Subscribed now: whatever happened before, every watcher re-reads.
+                self.post(&chan, &WatchEvent::Hint);
+                None
+            }
+            Ok(Err(e)) if is_permission(&e) => {
+                warn!(channel = %chan, error = %e, "Redis refused to SUBSCRIBE the watch");
+                self.deny(&chan, &e);
+                None
+            }
+            Ok(Err(e)) => Some(Ended::Failed(format!("SUBSCRIBE failed: {e}"))),
+            Err(_) => Some(Ended::Failed("SUBSCRIBE timed out".to_owned())),
+        }
+    }
+
+    /// Unsubscribes `chan`, which nobody watches any more; `Some` if the connection must end.
+    async fn unsubscribe(
+        &mut self,
+        sink: &mut PubSubSink,
+        chan: String,
+        t: Duration,
+    ) -> Option<Ended> {
+        let Some(r) = self
+            .serving(tokio::time::timeout(t, sink.unsubscribe(&chan)))
+            .await
+        else {
+            return Some(Ended::Store);
+        };
+        match r {
+            Ok(Ok(())) => {
+                self.active.remove(&chan);
+                None
+            }
+            Ok(Err(e)) => Some(Ended::Failed(format!("UNSUBSCRIBE failed: {e}"))),
+            Err(_) => Some(Ended::Failed("UNSUBSCRIBE timed out".to_owned())),
+        }
+    }
+
     /// Serves one connection: subscribes every watched channel, one at a time (so that a
     /// channel refused by an ACL fails only its own watches), unsubscribes those nobody
-    /// watches, and wakes watchers on messages, checking the connection with a `PING` now and
-    /// then.
+    /// watches, and turns each message into an event for the watches of its channel, checking
+    /// the connection with a `PING` whenever it stayed silent for [`WATCH_PING`].
     async fn connected(&mut self, conn: PubSub, t: Duration) -> Ended {
         let (mut sink, mut stream) = conn.split();
         self.active.clear();
+        self.todo = self.subs.keys().cloned().collect();
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + WATCH_PING, WATCH_PING);
         loop {
-            let missing = self
-                .subs
-                .keys()
-                .find(|c| !self.active.contains(*c))
-                .cloned();
-            if let Some(chan) = missing {
-                let Some(r) = self
-                    .serving(tokio::time::timeout(t, sink.subscribe(&chan)))
-                    .await
-                else {
-                    return Ended::Store;
+            if let Some(chan) = self.todo.pop_front() {
+                let watched = self.subs.contains_key(&chan);
+                let subscribed = self.active.contains(&chan);
+                let failed = if watched && !subscribed {
+                    self.subscribe(&mut sink, chan, t).await
+                } else if subscribed && !watched {
+                    self.unsubscribe(&mut sink, chan, t).await
+                } else {
+                    None
                 };
-                match r {
-                    Ok(Ok(())) => {
-                        self.active.insert(chan.clone());
-                        // Subscribed now: whatever happened before, every watcher re-reads.
-                        self.wake(&chan);
-                    }
-                    Ok(Err(e)) if is_permission(&e) => {
-                        warn!(channel = %chan, error = %e, "Redis refused to SUBSCRIBE the watch");
-                        self.deny(&chan, &e);
-                    }
-                    Ok(Err(e)) => return Ended::Failed(format!("SUBSCRIBE failed: {e}")),
-                    Err(_) => return Ended::Failed("SUBSCRIBE timed out".to_owned()),
-                }
-                continue;
-            }
-            let unwatched = self
-                .active
-                .iter()
-                .find(|c| !self.subs.contains_key(*c))
-                .cloned();
-            if let Some(chan) = unwatched {
-                let Some(r) = self
-                    .serving(tokio::time::timeout(t, sink.unsubscribe(&chan)))
-                    .await
-                else {
-                    return Ended::Store;
-                };
-                match r {
-                    Ok(Ok(())) => {
-                        self.active.remove(&chan);
-                    }
-                    Ok(Err(e)) => return Ended::Failed(format!("UNSUBSCRIBE failed: {e}")),
-                    Err(_) => return Ended::Failed("UNSUBSCRIBE timed out".to_owned()),
+                if let Some(ended) = failed {
+                    return ended;
                 }
                 continue;
             }
@@ -1047,7 +1213,15 @@ impl Hub {
                     None => return Ended::Store,
                 },
                 msg = stream.next() => match msg {
-                    Some(msg) => self.wake(msg.get_channel_name()),
+                    Some(msg) => {
+                        // A message shows the connection works: no PING needed for a while.
+                        ping.reset();
+                        self.pause = MIN_PAUSE;
+                        let chan = msg.get_channel_name();
+                        if self.subs.contains_key(chan) {
+                            self.post(chan, &event_of(chan, msg.get_payload_bytes()));
+                        }
+                    }
                     None => return Ended::Failed("the connection closed".to_owned()),
                 },
                 _ = ping.tick() => {
@@ -1066,15 +1240,16 @@ impl Hub {
 
 /// The watch task: keeps one pub/sub connection subscribed to every watched channel while
 /// somebody watches, reconnecting after a failure with a pause that doubles from
-/// [`MIN_PAUSE`] to [`MAX_PAUSE`] (jittered), and waking every watcher after resubscribing. A
-/// channel (or a connection) refused for lack of permission ends its watches with
-/// [`Error::PermissionDenied`]. Serves commands in every state, and ends as soon as the store
-/// is dropped (its command channel closes).
+/// [`MIN_PAUSE`] to [`MAX_PAUSE`] (jittered), and giving every watcher a hint after
+/// (re)subscribing. A channel (or a connection) refused for lack of permission ends its
+/// watches with [`Error::PermissionDenied`]. Serves commands in every state, and ends as soon
+/// as the store is dropped (its command channel closes).
 async fn hub(client: Client, t: Duration, rx: mpsc::UnboundedReceiver<HubCmd>) {
     let mut hub = Hub {
         rx,
         subs: HashMap::new(),
         active: HashSet::new(),
+        todo: VecDeque::new(),
         pause: MIN_PAUSE,
     };
     loop {
@@ -1190,6 +1365,106 @@ mod tests {
         assert_eq!(age("", "1700000000000000"), None);
         assert_eq!(age("x", "1700000000000000"), None);
         assert_eq!(age("1", ""), None);
+    }
+
+    #[test]
+    fn messages_become_events() {
+        let chan = "tenure:chan:x";
+        let r = stored_form(LeaseRecord::held_by(
+            "a b",
+            Duration::from_secs(3),
+            1_700_000_000_000_000,
+        ));
+        let payload = [&b"1700000000000000.7 "[..], &r.to_json()].concat();
+        assert_eq!(
+            event_of(chan, &payload),
+            WatchEvent::Put(Stored::new(r.clone(), Version::new("1700000000000000.7")))
+        );
+        assert_eq!(event_of(chan, b"deleted"), WatchEvent::Deleted);
+        let json = r.to_json();
+        let not_ours: [&[u8]; 8] = [
+            b"",
+            b"hello",
+            // A bare version: a record too long to publish, or an older tenure.
+            b"1700000000000000.7",
+            b"1700000000000000.7 ",
+            b"1700000000000000.7 {not json",
+            br#"1700000000000000.7 {"holder":"a"}"#,
+            b"deleted 1.2",
+            &json,
+        ];
+        for p in not_ours {
+            assert_eq!(event_of(chan, p), WatchEvent::Hint, "{p:?}");
+        }
+        let bad_version = [&b"1.x "[..], &json].concat();
+        assert_eq!(event_of(chan, &bad_version), WatchEvent::Hint);
+    }
+
+    #[test]
+    fn the_scripts_know_the_publishing_limit() {
+        let p = prelude();
+        assert!(p.contains("if #rec > 65536 then return v end"), "{p}");
+        assert!(!p.contains("PUBLISHED_RECORD_MAX"));
+    }
+
+    /// The record as it reads back (times in whole microseconds).
+    fn stored_form(r: LeaseRecord) -> LeaseRecord {
+        LeaseRecord::from_json(KIND, "k", &r.to_json()).unwrap()
+    }
+
+    fn put(n: u64) -> WatchEvent {
+        let mut r = LeaseRecord::held_by("a", Duration::from_secs(3), 1);
+        r.acquire_time = None;
+        r.renew_time = None;
+        WatchEvent::Put(Stored::new(r, Version::from(n)))
+    }
+
+    #[tokio::test]
+    async fn a_mailbox_keeps_the_latest_event_and_a_final_error() {
+        use futures_util::FutureExt;
+        let m = Mailbox::default();
+        assert!(m.take().now_or_never().is_none(), "an empty mailbox waits");
+        for n in 1..=3 {
+            m.post(Ok(put(n)));
+        }
+        assert_eq!(m.take().await.unwrap().unwrap(), put(3));
+        assert!(
+            m.take().now_or_never().is_none(),
+            "the older events are gone"
+        );
+        // A hint replaces a Put not yet taken, and a Put a hint.
+        m.post(Ok(put(4)));
+        m.post(Ok(WatchEvent::Hint));
+        assert_eq!(m.take().await.unwrap().unwrap(), WatchEvent::Hint);
+        m.post(Ok(WatchEvent::Hint));
+        m.post(Ok(put(5)));
+        assert_eq!(m.take().await.unwrap().unwrap(), put(5));
+        // A final error is never replaced, and the stream ends after it.
+        m.post(Ok(put(6)));
+        m.post(Err(Error::config("final")));
+        m.post(Ok(put(7)));
+        m.close();
+        assert!(matches!(m.take().await, Some(Err(Error::Config { .. }))));
+        assert!(m.take().await.is_none());
+        // Closed: nothing more is posted.
+        m.post(Ok(put(8)));
+        assert!(m.take().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_watch_is_woken() {
+        let m = Arc::new(Mailbox::default());
+        let waiter = tokio::spawn({
+            let m = m.clone();
+            async move { m.take().await }
+        });
+        tokio::task::yield_now().await;
+        m.post(Ok(put(1)));
+        let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(got.unwrap().unwrap(), put(1));
     }
 
     #[test]

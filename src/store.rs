@@ -74,8 +74,22 @@ impl PutMode {
     }
 }
 
-/// A stream that yields whenever a record *may* have changed.
-pub type WatchStream = BoxStream<'static, Result<()>>;
+/// What a [watch](LeaseStore::watch) reports about a record; see the contract's **Watch** rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WatchEvent {
+    /// This version of the record was written, and this is the record as the store holds it
+    /// (its age, if given, counts as a `get`'s does). Callers use it exactly as a `get` result.
+    Put(Stored),
+    /// The record was deleted.
+    Deleted,
+    /// The record may have changed: re-read it. Stores that cannot say what changed (the file
+    /// store) only ever yield hints, and every store yields one after a gap in its watch.
+    Hint,
+}
+
+/// A stream of [`WatchEvent`]s for one name.
+pub type WatchStream = BoxStream<'static, Result<WatchEvent>>;
 
 /// A record as a store holds it: the record, its version and, where the store can tell on a
 /// single clock, how long ago that version was written.
@@ -124,13 +138,25 @@ pub struct Capabilities {
     /// after the record was deleted, expired or rolled back — so a process that never saw the
     /// earlier terms still continues above them. See the contract's **Fencing tokens** rule.
     pub durable_tokens: bool,
+    /// The watch reports every write, renewals included — as a [`WatchEvent::Put`] or at
+    /// least a [`WatchEvent::Hint`] — so a follower that watches needs no polling: it keeps a
+    /// safety read about once per lease duration and after every restart of its watch.
+    pub watch_every_write: bool,
 }
 
 impl Capabilities {
     /// No promise beyond the contract (the default).
     pub const NONE: Capabilities = Capabilities {
         durable_tokens: false,
+        watch_every_write: false,
     };
+
+    /// These capabilities with [`watch_every_write`](Self::watch_every_write) set to `on`.
+    #[must_use]
+    pub const fn with_watch_every_write(mut self, on: bool) -> Self {
+        self.watch_every_write = on;
+        self
+    }
 
     /// These capabilities with [`durable_tokens`](Self::durable_tokens) set to `on`.
     #[must_use]
@@ -198,11 +224,31 @@ pub fn starts_term(current: Option<&LeaseRecord>, record: &LeaseRecord) -> bool 
 ///   elapsed deadline to [`Error::Timeout`]. Failures map to the semantic variants
 ///   ([`Error::PermissionDenied`], [`Error::Unavailable`], ...) with the backend's error as
 ///   `source`.
-/// - **Watch is a hint.** [`watch`](Self::watch), when supported, yields soon after any change
-///   of the record (and may yield spuriously). Callers re-read with `get`; a missed
-///   notification may only delay them, never mislead them. An error that retrying cannot fix
-///   (say [`Error::PermissionDenied`]) is yielded and ends the stream: the elector then stops
-///   with it. Stores that cannot watch return `None`, and callers poll.
+/// - **Watch.** [`watch`](Self::watch), when supported, reports changes of the record as
+///   [`WatchEvent`]s: `Put(stored)` carries the version written and the record as stored, where
+///   the store knows them; `Deleted`; and `Hint` ("may have changed: re-read"), the only event
+///   of a store that cannot tell what changed. The rules:
+///   - *Order.* Events for one name follow the order in which the store applied the writes; a
+///     store never yields a `Put` of a version older than one it already yielded.
+///   - *Duplicates* are allowed (a `Put` of a version already seen changes nothing), and so is
+///     *coalescing*: a burst of writes may be reported by the `Put` of its last version alone.
+///     What is not allowed is ending on a stale state: after the last write, the last event
+///     reports it (its `Put`, `Deleted`, or a `Hint`).
+///   - *Gaps.* Whenever the watch may have missed writes — it (re)connected, a message was
+///     dropped, a buffer overflowed, the stream was restarted — the store yields a `Hint`
+///     before any further `Put`, so that the caller re-reads.
+///   - *A missed event may only delay, never mislead.* A caller uses a `Put` exactly as a
+///     `get` result: the lease clock of a version starts when the caller first sees it, by
+///     watch or by read (or `now − age`). A version seen late only makes a follower wait
+///     longer, and every takeover is a compare-and-swap against the version the caller last
+///     saw, so a missed renewal makes that write conflict, never succeed.
+///   - *Final errors.* An error that retrying cannot fix (say [`Error::PermissionDenied`]) is
+///     yielded and ends the stream: the elector then stops with it. A stream that simply ends
+///     is restarted by the caller (after a pause), which then re-reads.
+///
+///   A store whose watch yields an event for every write, renewals included, says so in
+///   [`Capabilities::watch_every_write`]; followers then stop polling. Stores that cannot
+///   watch return `None`, and callers poll.
 /// - **Delete is compare-and-delete.** [`delete`](Self::delete) removes the record only if its
 ///   version is still the given one, else [`Error::Conflict`].
 /// - **Cancellation safety.** Dropping a call's future must leave the store consistent: a write

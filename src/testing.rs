@@ -31,7 +31,7 @@ use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::record::LeaseRecord;
-use crate::store::{Capabilities, LeaseStore, PutMode, Stored, Version, WatchStream};
+use crate::store::{Capabilities, LeaseStore, PutMode, Stored, Version, WatchEvent, WatchStream};
 
 /// An error a [`FaultyStore`] can inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +56,10 @@ pub struct Calls {
     pub puts: u64,
     /// `delete` calls.
     pub deletes: u64,
+    /// `watch` calls (each opens a watch: a Kubernetes watch request, a subscription).
+    pub watches: u64,
+    /// Watch events delivered to callers.
+    pub events: u64,
 }
 
 #[derive(Default)]
@@ -63,6 +67,9 @@ struct State {
     latency: Duration,
     queued: VecDeque<Fault>,
     lose_write_responses: u64,
+    drop_events: u64,
+    reorder_events: u64,
+    hints_only: bool,
     calls: Calls,
 }
 
@@ -102,6 +109,25 @@ impl Faults {
         self.with(|s| s.lose_write_responses += n)
     }
 
+    /// Makes watches silently drop the next `n` events (across all watches of this store): a
+    /// lossy watch that breaks the contract's gap rule, to show that a missed event only ever
+    /// delays a follower.
+    pub fn drop_next_watch_events(&self, n: u64) {
+        self.with(|s| s.drop_events += n)
+    }
+
+    /// Makes watches deliver the next `n` pairs of events in reverse order (the first of each
+    /// pair is held back until the second is delivered), against the contract's order rule.
+    pub fn reorder_next_watch_events(&self, n: u64) {
+        self.with(|s| s.reorder_events += n)
+    }
+
+    /// Turns every watch event into a bare [`WatchEvent::Hint`] (`true`), as a store that
+    /// cannot say what changed reports them.
+    pub fn hints_only(&self, on: bool) {
+        self.with(|s| s.hints_only = on)
+    }
+
     /// Cuts the store off: every call hangs (until the caller's timeout or [`heal`](Self::heal))
     /// and watches fall silent.
     pub fn partition(&self) {
@@ -129,6 +155,9 @@ impl Faults {
             s.latency = Duration::ZERO;
             s.queued.clear();
             s.lose_write_responses = 0;
+            s.drop_events = 0;
+            s.reorder_events = 0;
+            s.hints_only = false;
         });
         self.heal();
     }
@@ -138,6 +167,13 @@ impl Faults {
         // The sender lives as long as `self`, so `wait_for` cannot fail here.
         let _ = rx.wait_for(|p| !*p).await;
     }
+}
+
+struct WatchState {
+    inner: WatchStream,
+    faults: Faults,
+    held: Option<Result<WatchEvent>>,
+    ready: VecDeque<Result<WatchEvent>>,
 }
 
 /// A [`LeaseStore`] wrapper that injects faults; see the [module docs](self).
@@ -248,15 +284,57 @@ impl<S: LeaseStore> LeaseStore for FaultyStore<S> {
     }
 
     fn watch(&self, name: &str) -> Option<WatchStream> {
+        self.faults.with(|s| s.calls.watches += 1);
         let inner = self.inner.watch(name)?;
-        let faults = self.faults.clone();
-        // While partitioned, events are held back; on healing, one event is delivered.
-        let s = futures_util::stream::unfold((inner, faults), |(mut inner, faults)| async move {
-            let item = inner.next().await?;
-            if faults.is_partitioned() {
-                faults.wait_connected().await;
+        // While partitioned, events are held back; on healing, they are delivered. Injected
+        // drops, reorders and hint-only mode apply on the way.
+        let state = WatchState {
+            inner,
+            faults: self.faults.clone(),
+            held: None,
+            ready: VecDeque::new(),
+        };
+        let s = futures_util::stream::unfold(state, |mut st| async move {
+            loop {
+                if let Some(item) = st.ready.pop_front() {
+                    st.faults.with(|s| s.calls.events += 1);
+                    return Some((item, st));
+                }
+                let item = st.inner.next().await?;
+                if st.faults.is_partitioned() {
+                    st.faults.wait_connected().await;
+                }
+                let held = st.held.is_some();
+                let (drop, hold, hints_only) = st.faults.with(|s| {
+                    let drop = s.drop_events > 0;
+                    let hold = !drop && !held && s.reorder_events > 0;
+                    if drop {
+                        s.drop_events -= 1;
+                    } else if hold {
+                        s.reorder_events -= 1;
+                    }
+                    (drop, hold, s.hints_only)
+                });
+                let hint = |r: Result<WatchEvent>| {
+                    if hints_only {
+                        r.map(|_| WatchEvent::Hint)
+                    } else {
+                        r
+                    }
+                };
+                if drop {
+                    continue;
+                }
+                if hold {
+                    st.held = Some(item);
+                    continue;
+                }
+                st.ready.push_back(hint(item));
+                // A held-back event follows the one that overtook it.
+                if let Some(h) = st.held.take() {
+                    st.ready.push_back(hint(h));
+                }
             }
-            Some((item, (inner, faults)))
         });
         Some(s.boxed())
     }
@@ -292,7 +370,7 @@ mod tests {
             Calls {
                 gets: 1,
                 puts: 1,
-                deletes: 0
+                ..Calls::default()
             }
         );
     }
@@ -333,6 +411,9 @@ mod tests {
         assert!(silent.is_err(), "a partitioned watch must not yield");
         store.faults().heal();
         let healed = tokio::time::timeout(Duration::from_secs(5), w.next()).await;
-        assert!(matches!(healed, Ok(Some(Ok(())))));
+        assert!(
+            matches!(healed, Ok(Some(Ok(WatchEvent::Put(_))))),
+            "{healed:?}"
+        );
     }
 }

@@ -22,6 +22,7 @@ use kube::{Api, Client};
 use rand::Rng;
 use tenure::conformance::{async_trait, Harness, Timings};
 use tenure::kubernetes::KubeLeaseStore;
+use tenure::testing::FaultyStore;
 use tenure::{Error, LeaderElector, LeaseStore, PutMode, Term};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -73,12 +74,12 @@ fn unique(tag: &str) -> String {
     format!("{tag}-{r:08x}")
 }
 
-fn elector(
-    store: KubeLeaseStore,
+fn elector<S: LeaseStore>(
+    store: S,
     name: &str,
     id: &str,
     (l, d, r): (u64, u64, u64),
-) -> LeaderElector<KubeLeaseStore> {
+) -> LeaderElector<S> {
     LeaderElector::builder(store, name)
         .identity(id)
         .lease_duration(Duration::from_millis(l))
@@ -92,8 +93,8 @@ fn elector(
 type Terms = Arc<Mutex<Vec<(String, Instant, Option<Instant>)>>>;
 
 /// Runs `el` until `stop` is cancelled, reporting each term's start and end.
-fn spawn_run(
-    el: LeaderElector<KubeLeaseStore>,
+fn spawn_run<S: LeaseStore>(
+    el: LeaderElector<S>,
     stop: CancellationToken,
     terms: Terms,
 ) -> tokio::task::JoinHandle<tenure::Result<()>> {
@@ -533,6 +534,266 @@ async fn lease_overwritten_by_kubectl_makes_the_leader_step_down_at_once() {
     eprintln!("stepped down {took:?} after the overwrite");
     stop.cancel();
     run.await.unwrap().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The watch: every write with its record, and what that saves (issue 9)
+// ---------------------------------------------------------------------------------------------
+
+type Events = tokio::sync::mpsc::UnboundedReceiver<tenure::Result<tenure::WatchEvent>>;
+
+/// Polls `w` from now on (a watch starts when first polled), collecting its events.
+fn collect(mut w: tenure::WatchStream) -> Events {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(e) = w.next().await {
+            if tx.send(e).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The next watch event, within 5 s.
+async fn next_event(w: &mut Events, what: &str) -> tenure::WatchEvent {
+    match timeout(Duration::from_secs(5), w.recv()).await {
+        Ok(Some(Ok(e))) => e,
+        other => panic!("after {what}: expected a watch event, got {other:?}"),
+    }
+}
+
+/// Every write is reported in order as a `Put` of exactly the version `put` returned and the
+/// record `get` reads; a create's placeholder as a hint; a deletion as `Deleted`; nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_reports_each_write_with_its_record() {
+    let Some(client) = admin().await else { return };
+    let Some(other) = admin().await else { return };
+    let name = unique("events");
+    let watcher = KubeLeaseStore::new(client, "default").unwrap();
+    let writer = KubeLeaseStore::new(other, "default").unwrap();
+    assert!(watcher.capabilities().watch_every_write);
+    let mut w = collect(watcher.watch(&name).expect("the store watches"));
+    sleep(Duration::from_millis(500)).await; // the watch request in place
+    let read = |v: &tenure::Version| {
+        let (writer, name, v) = (writer.clone(), name.clone(), v.clone());
+        async move {
+            let s = writer.get(&name).await.unwrap().expect("the Lease exists");
+            assert_eq!(s.version, v, "read back the version written");
+            s
+        }
+    };
+
+    // A create: its placeholder (a hint), then the record, with the token the store stored.
+    let r = tenure::LeaseRecord::held_by("a", Duration::from_secs(15), 1);
+    let v1 = writer.put(&name, &r, PutMode::Create).await.unwrap();
+    assert_eq!(
+        next_event(&mut w, "the create's placeholder").await,
+        tenure::WatchEvent::Hint
+    );
+    let s1 = read(&v1).await;
+    assert_eq!(
+        next_event(&mut w, "a create").await,
+        tenure::WatchEvent::Put(s1.clone())
+    );
+    // A renewal.
+    let mut r = s1.record.clone();
+    r.renew_time = Some(std::time::SystemTime::now());
+    let v2 = writer
+        .put(&name, &r, PutMode::Update(v1.clone()))
+        .await
+        .unwrap();
+    let s2 = read(&v2).await;
+    assert_eq!(
+        next_event(&mut w, "a renewal").await,
+        tenure::WatchEvent::Put(s2.clone())
+    );
+    // A new term.
+    let mut r = tenure::LeaseRecord::held_by("b", Duration::from_secs(15), r.transitions + 1);
+    r.value = Some("10.0.0.2:80".into());
+    let v3 = writer
+        .put(&name, &r, PutMode::Update(v2.clone()))
+        .await
+        .unwrap();
+    let s3 = read(&v3).await;
+    assert!(s3.record.transitions > s2.record.transitions);
+    assert_eq!(
+        next_event(&mut w, "a new term").await,
+        tenure::WatchEvent::Put(s3.clone())
+    );
+    // A release.
+    let mut r = s3.record.clone();
+    r.holder = None;
+    r.value = None;
+    let v4 = writer
+        .put(&name, &r, PutMode::Update(v3.clone()))
+        .await
+        .unwrap();
+    let s4 = read(&v4).await;
+    assert!(s4.record.is_vacant());
+    assert_eq!(
+        next_event(&mut w, "a release").await,
+        tenure::WatchEvent::Put(s4)
+    );
+    // A deletion.
+    writer.delete(&name, &v4).await.unwrap();
+    assert_eq!(
+        next_event(&mut w, "a delete").await,
+        tenure::WatchEvent::Deleted
+    );
+    // And nothing else.
+    let extra = timeout(Duration::from_secs(1), w.recv()).await;
+    assert!(extra.is_err(), "an event nothing wrote: {extra:?}");
+}
+
+/// A Lease seen only through the watch is updated without reading it: with a Role that grants
+/// `watch` and `update` but not `get`, the update succeeds (a read would be refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_lease_is_updated_without_a_read() {
+    let Some(client) = admin().await else { return };
+    let Some(server) = env("TENURE_KUBE_SERVER") else {
+        return;
+    };
+    let ns = unique("tenure-noget");
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    apply(&namespaces, serde_json::json!({"metadata": {"name": ns}})).await;
+    let lease = "watched";
+    let rules = serde_json::json!([
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "resourceNames": [lease], "verbs": ["watch", "update"]},
+    ]);
+    let token = service_account(&client, &ns, "no-get", rules).await;
+    let admin_store = KubeLeaseStore::new(client.clone(), &ns).unwrap();
+    let r = tenure::LeaseRecord::held_by("other", Duration::from_secs(15), 1);
+    let v1 = admin_store.put(lease, &r, PutMode::Create).await.unwrap();
+    let want = admin_store.get(lease).await.unwrap().unwrap();
+    assert_eq!(want.version, v1);
+    let store = KubeLeaseStore::builder(client_with_token(&server, &token, &ns), &ns)
+        .events(false)
+        .build()
+        .unwrap();
+    // The watch starts at the current state: the Lease as it is (once the Role took effect).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (mut w, seen) = loop {
+        let mut w = collect(store.watch(lease).unwrap());
+        match timeout(Duration::from_secs(5), w.recv()).await {
+            Ok(Some(Ok(tenure::WatchEvent::Put(s)))) => break (w, s),
+            Ok(Some(Err(Error::PermissionDenied { .. }))) if Instant::now() < deadline => {
+                sleep(Duration::from_millis(200)).await;
+            }
+            other => panic!("expected the Lease from the watch, got {other:?}"),
+        }
+    };
+    assert_eq!(seen, want);
+    assert!(
+        matches!(
+            store.get(lease).await,
+            Err(Error::PermissionDenied {
+                operation: "get",
+                ..
+            })
+        ),
+        "the Role must not grant get"
+    );
+    // A takeover from what the watch reported, then a renewal from what the takeover wrote.
+    let mut next = tenure::LeaseRecord::held_by("me", Duration::from_secs(15), 2);
+    next.value = Some("v".into());
+    let v2 = store
+        .put(lease, &next, PutMode::Update(seen.version.clone()))
+        .await
+        .expect("updated from the watched Lease, without a read");
+    let renewed = store
+        .put(lease, &next, PutMode::Update(v2.clone()))
+        .await
+        .expect("renewed from the written Lease, without a read");
+    let now = admin_store.get(lease).await.unwrap().unwrap();
+    assert_eq!(now.version, renewed);
+    assert_eq!(now.record.holder.as_deref(), Some("me"));
+    assert_eq!(now.record.value.as_deref(), Some("v"));
+    // Its own writes come back through the watch, in order.
+    for v in [&v2, &renewed] {
+        match next_event(&mut w, "an update").await {
+            tenure::WatchEvent::Put(s) => assert_eq!(&s.version, v),
+            other => panic!("expected the Put of {v}, got {other:?}"),
+        }
+    }
+    let _ = namespaces.delete(&ns, &Default::default()).await;
+}
+
+/// What each role costs the API server over ten lease durations, counted per store call with
+/// `FaultyStore` (the issue's goal: a leader writes once per `R` and reads nothing; a watching
+/// follower reads about once per `L` at most, plus its watch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_budget_per_role_over_ten_lease_durations() {
+    let Some(ca) = admin().await else { return };
+    let Some(cb) = admin().await else { return };
+    let name = unique("budget");
+    let (l, d, r) = (3000, 2000, 500);
+    let own = |c: Client| {
+        FaultyStore::new(
+            KubeLeaseStore::builder(c, "default")
+                .events(false)
+                .build()
+                .unwrap(),
+        )
+    };
+    let (fa, fb) = (own(ca), own(cb));
+    let stop = CancellationToken::new();
+    let terms: Terms = Arc::default();
+    let a = elector(fa.clone(), &name, "a", (l, d, r));
+    let ha = a.handle();
+    let ra = spawn_run(a, stop.clone(), terms.clone());
+    timeout(Duration::from_secs(10), ha.leading())
+        .await
+        .expect("a leads")
+        .unwrap();
+    let a0 = fa.faults().calls();
+    let b = elector(fb.clone(), &name, "b", (l, d, r));
+    let hb = b.handle();
+    let rb = spawn_run(b, stop.clone(), terms.clone());
+    let window = Duration::from_millis(l * 10);
+    sleep(window).await;
+    let (a1, b) = (fa.faults().calls(), fb.faults().calls());
+    assert!(ha.is_leader(), "the leader lost its term");
+    assert!(
+        matches!(hb.current(), tenure::LeaderState::Following(ref x) if x.identity == "a"),
+        "the follower does not follow: {:?}",
+        hb.current()
+    );
+    assert_eq!(terms.lock().unwrap().len(), 1, "one term throughout");
+    stop.cancel();
+    ra.await.unwrap().unwrap();
+    rb.await.unwrap().unwrap();
+    let renewals = u64::try_from(window.as_millis()).unwrap() / r;
+    let (puts, gets, watches) = (
+        a1.puts - a0.puts,
+        a1.gets - a0.gets,
+        a1.watches - a0.watches,
+    );
+    eprintln!(
+        "over {window:?} (L {l} ms, R {r} ms): leader puts {puts}, gets {gets}, watches \
+         {watches}; follower gets {}, puts {}, watches {}, events {}",
+        b.gets, b.puts, b.watches, b.events
+    );
+    // The leader: one write per R, and at most the one read a create's placeholder hint
+    // costs (an event of a version it did not write).
+    assert!(
+        puts <= renewals + 1,
+        "leader: {puts} writes, more than one per R"
+    );
+    assert!(puts >= renewals / 2, "leader: only {puts} renewals");
+    assert!(gets <= 1, "leader: {gets} reads");
+    assert_eq!(watches, 0, "leader: watch restarted");
+    // The watching follower: at most a read per L (plus its first and one spare), one watch,
+    // no writes; the renewals arrive with their records.
+    assert!(b.gets <= 10 + 2, "follower: {} reads", b.gets);
+    assert!(b.watches <= 2, "follower: {} watches", b.watches);
+    assert_eq!(b.puts, 0, "follower: writes");
+    assert!(
+        b.events >= renewals / 2,
+        "follower: only {} watch events for {renewals} renewals",
+        b.events
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 //! The Redis store against real servers: the conformance suite, garbage, credentials and
 //! ACLs, unreachable servers, ages, tokens across a rolled-back record, expiry and eviction,
-//! the watch task's failures, and a Redis killed with SIGKILL and restarted under a leader.
+//! the watch task's failures, a Redis killed with SIGKILL and restarted under a leader, watch
+//! events carrying every write's version and record, and the calls an elector makes per role.
 //!
 //! Servers come from `scripts/test-services.sh` through `TENURE_REDIS_URL`,
 //! `TENURE_REDIS_AUTH_URL`, `TENURE_REDIS_LIMITED_URL`, `TENURE_REDIS_NOCHANNELS_URL`,
@@ -10,12 +11,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use rand::Rng;
 use tenure::conformance::{async_trait, Harness};
 use tenure::redis::RedisStore;
 use tenure::{
     Error, LeaderElector, LeaderHandle, LeaseRecord, LeaseStore, LostReason, PutMode, StopReason,
-    Term, Version,
+    Stored, Term, Version, WatchEvent, WatchStream,
 };
 use tokio::time::{sleep, timeout, Instant};
 use tokio_util::sync::CancellationToken;
@@ -690,45 +692,38 @@ async fn watch_wakes_after_a_restart() {
     let Some(bin) = env_or_skip("TENURE_REDIS_SERVER", "watch_wakes_after_a_restart") else {
         return;
     };
-    use futures_util::StreamExt;
     let mut server = PrivateRedis::start(&bin).await;
     let s = RedisStore::options(server.url())
         .timeout(Duration::from_millis(200))
         .connect()
         .await
         .unwrap();
-    let mut w = s.watch("w").unwrap();
-    // The subscription itself wakes once.
-    timeout(Duration::from_secs(2), w.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    // The subscription itself yields a hint.
+    let mut w = subscribed(&s, "w").await;
     let v = s.put("w", &rec("a", 1), PutMode::Create).await.unwrap();
-    timeout(Duration::from_secs(2), w.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    // Renewals (same holder, same term) do not publish.
+    let e = next_event(&mut w).await;
+    assert!(matches!(&e, WatchEvent::Put(p) if p.version == v), "{e:?}");
+    // Renewals (same holder, same term) are announced too.
     let (r, _) = s.get("w").await.unwrap().unwrap().into_parts();
-    s.put("w", &r, PutMode::Update(v)).await.unwrap();
-    assert!(timeout(Duration::from_millis(200), w.next()).await.is_err());
+    let v2 = s.put("w", &r, PutMode::Update(v)).await.unwrap();
+    let e = next_event(&mut w).await;
+    assert!(matches!(&e, WatchEvent::Put(p) if p.version == v2), "{e:?}");
     server.kill().await;
     server.restart().await;
-    // After reconnecting, the watch wakes (a gap: re-read) without any write.
-    timeout(Duration::from_secs(10), w.next())
+    // After reconnecting, the watch yields a hint (a gap: re-read) without any write.
+    let e = timeout(Duration::from_secs(10), w.next())
         .await
-        .expect("a wake-up after the restart")
+        .expect("a hint after the restart")
         .unwrap()
         .unwrap();
+    assert_eq!(e, WatchEvent::Hint);
     let c = s.put("w", &rec("b", 1), PutMode::Create).await;
     assert!(c.is_ok(), "{c:?}");
-    timeout(Duration::from_secs(2), w.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let e = next_event(&mut w).await;
+    assert!(
+        matches!(&e, WatchEvent::Put(p) if Some(&p.version) == c.as_ref().ok()),
+        "{e:?}"
+    );
     server.kill().await;
 }
 
@@ -834,7 +829,6 @@ async fn channel_denials(
 /// the store and its watches are dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_subscribe_backs_off_and_ends_with_the_store() {
-    use futures_util::StreamExt;
     let (Some(admin_url), Some(url)) = (
         env_or_skip("TENURE_REDIS_AUTH_URL", "refused_subscribe"),
         env_or_skip("TENURE_REDIS_NOCHANNELS_URL", "refused_subscribe"),
@@ -1054,8 +1048,8 @@ async fn get_reports_an_age_on_the_servers_clock() {
     );
 }
 
-/// An ACL user without channel rights: reads and renewals work, but every write that would
-/// publish (a create, a new term, a release, a delete) is `PermissionDenied` and writes
+/// An ACL user without channel rights: reads work, but every write — each one publishes: a
+/// create, a renewal, a new term, a release, a delete — is `PermissionDenied` and writes
 /// nothing, and an elector stops with `PermissionDenied` — fresh, or following a live holder
 /// (where only its watch is refused).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1091,10 +1085,13 @@ async fn without_channel_rights_writes_that_publish_fail_and_an_elector_stops() 
         .await
         .unwrap();
     let held = s.get("n").await.unwrap().unwrap().record;
-    let v2 = s
-        .put("n", &held, PutMode::Update(v1))
-        .await
-        .expect("a renewal does not publish");
+    denied(
+        "renewal",
+        s.put("n", &held, PutMode::Update(v1.clone()))
+            .await
+            .map(drop),
+    );
+    let v2 = v1;
     let mut next = held.clone();
     next.transitions += 1;
     next.holder = Some("you".into());
@@ -1197,7 +1194,6 @@ impl Drop for FailingPort {
 /// and ends with the store while backing off and while waiting on a silent server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_watch_connection_backs_off_and_ends_with_the_store() {
-    use futures_util::StreamExt;
     let Some(bin) = env_or_skip("TENURE_REDIS_SERVER", "failing_watch_connection") else {
         return;
     };
@@ -1265,7 +1261,6 @@ async fn a_failing_watch_connection_backs_off_and_ends_with_the_store() {
 /// store, even while watches remain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_ends_when_its_store_is_dropped() {
-    use futures_util::StreamExt;
     let Some(url) = env_or_skip("TENURE_REDIS_URL", "a_watch_ends_with_its_store") else {
         return;
     };
@@ -1290,14 +1285,13 @@ async fn a_watch_ends_when_its_store_is_dropped() {
 /// over to another through the watch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_documented_acl_is_enough() {
-    use futures_util::StreamExt;
     let Some(bin) = env_or_skip("TENURE_REDIS_SERVER", "the_documented_acl_is_enough") else {
         return;
     };
     let server = PrivateRedis::start(&bin).await;
     let mut admin = raw(&server.url()).await;
     let acl = "app on >secret resetkeys ~tenure:* resetchannels &tenure:chan:* -@all \
-               +evalsha +script|load +subscribe +unsubscribe +ping +type +hmget +hget +hset \
+               +evalsha +script|load +subscribe +unsubscribe +ping +type +hmget +hset \
                +pexpire +persist +del +publish +time";
     let mut cmd = redis::cmd("ACL");
     cmd.arg("SETUSER");
@@ -1325,6 +1319,8 @@ async fn the_documented_acl_is_enough() {
         .unwrap();
     let r = s.get("acl").await.unwrap().unwrap().record;
     let v2 = s.put("acl", &r, PutMode::Update(v1)).await.unwrap();
+    let e = next_event(&mut w).await;
+    assert!(matches!(&e, WatchEvent::Put(p) if p.version == v2), "{e:?}");
     let mut vacant = r.clone();
     vacant.holder = None;
     let v3 = s.put("acl", &vacant, PutMode::Update(v2)).await.unwrap();
@@ -1360,4 +1356,456 @@ async fn the_documented_acl_is_enough() {
     assert!(tb.fencing_token() > ta.fencing_token());
     shutdown.cancel();
     task_b.await.unwrap().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Watch events: every write announced with its version and record.
+// ---------------------------------------------------------------------------------------------
+
+/// The watch's next event, within 2 s.
+async fn next_event(w: &mut WatchStream) -> WatchEvent {
+    timeout(Duration::from_secs(2), w.next())
+        .await
+        .expect("an event within 2 s")
+        .expect("the watch goes on")
+        .expect("no watch error")
+}
+
+/// A watch whose subscription is in place: its first event, the hint that follows the
+/// `SUBSCRIBE`, is taken.
+async fn subscribed(s: &RedisStore, name: &str) -> WatchStream {
+    let mut w = s.watch(name).expect("Redis can watch");
+    assert_eq!(
+        next_event(&mut w).await,
+        WatchEvent::Hint,
+        "the first event"
+    );
+    w
+}
+
+/// The write counter of a Redis version `<e>.<n>`.
+fn counter(v: &Version) -> u64 {
+    v.as_str()
+        .split_once('.')
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a Redis version: {v}"))
+}
+
+/// Every write — create, renewal, new term, release — is announced as a `Put` of exactly the
+/// version `put` returned and the record as stored (the token the script chose included), in
+/// the order of the writes; a delete as `Deleted`. Nothing else is announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_carries_every_write_with_its_record_in_order() {
+    let Some(url) = env_or_skip("TENURE_REDIS_URL", "a_watch_carries_every_write") else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let s = store(&url, &prefix).await;
+    let writer = store(&url, &prefix).await;
+    let mut w = subscribed(&s, "events").await;
+    let mut c = raw(&url).await;
+    let key = format!("{prefix}events");
+    let stored_json = |mut c: redis::aio::MultiplexedConnection| {
+        let key = key.clone();
+        async move {
+            redis::cmd("HGET")
+                .arg(key)
+                .arg("rec")
+                .query_async::<Vec<u8>>(&mut c)
+                .await
+                .unwrap()
+        }
+    };
+    // Each write's event is the record as `get` reads it, and as the hash holds it.
+    let expect_put = |e: WatchEvent, v: &Version, what: &str, got: Stored, json: Vec<u8>| match e {
+        WatchEvent::Put(p) => {
+            assert_eq!(&p.version, v, "{what}: the version announced");
+            assert_eq!(p.version, got.version, "{what}: the version read");
+            assert_eq!(p.record, got.record, "{what}: the record announced");
+            assert_eq!(
+                p.record,
+                LeaseRecord::from_json("t", "k", &json).unwrap(),
+                "{what}: the record stored"
+            );
+            assert_eq!(p.age, None, "{what}: an announcement has no age");
+        }
+        other => panic!("{what}: expected Put({v}), got {other:?}"),
+    };
+
+    let v1 = writer
+        .put("events", &rec("a", 1), PutMode::Create)
+        .await
+        .unwrap();
+    let e = next_event(&mut w).await;
+    let got = writer.get("events").await.unwrap().unwrap();
+    assert!(
+        got.record.transitions > 1,
+        "the create chose a token from the server's clock"
+    );
+    expect_put(e, &v1, "create", got.clone(), stored_json(c.clone()).await);
+
+    let mut renewed = got.record.clone();
+    renewed.renew_time = Some(std::time::SystemTime::now());
+    let v2 = writer
+        .put("events", &renewed, PutMode::Update(v1.clone()))
+        .await
+        .unwrap();
+    let e = next_event(&mut w).await;
+    let got = writer.get("events").await.unwrap().unwrap();
+    assert_eq!(got.record.transitions, renewed.transitions);
+    expect_put(e, &v2, "renewal", got.clone(), stored_json(c.clone()).await);
+
+    let next = rec("b", got.record.transitions + 1);
+    let v3 = writer
+        .put("events", &next, PutMode::Update(v2.clone()))
+        .await
+        .unwrap();
+    let e = next_event(&mut w).await;
+    let got = writer.get("events").await.unwrap().unwrap();
+    expect_put(
+        e,
+        &v3,
+        "new term",
+        got.clone(),
+        stored_json(c.clone()).await,
+    );
+
+    let mut vacant = got.record.clone();
+    vacant.holder = None;
+    let v4 = writer
+        .put("events", &vacant, PutMode::Update(v3.clone()))
+        .await
+        .unwrap();
+    let e = next_event(&mut w).await;
+    let got = writer.get("events").await.unwrap().unwrap();
+    assert_eq!(got.record.holder, None);
+    expect_put(e, &v4, "release", got, stored_json(c.clone()).await);
+    assert!(
+        [&v1, &v2, &v3, &v4]
+            .windows(2)
+            .all(|p| counter(p[0]) < counter(p[1])),
+        "versions in write order"
+    );
+
+    // Refused writes announce nothing.
+    assert!(writer
+        .put("events", &rec("c", 1), PutMode::Update(v1.clone()))
+        .await
+        .unwrap_err()
+        .is_conflict());
+    assert!(writer
+        .put("events", &rec("c", 1), PutMode::Create)
+        .await
+        .is_err());
+    assert!(writer.delete("events", &v3).await.is_err());
+    assert!(
+        timeout(Duration::from_millis(300), w.next()).await.is_err(),
+        "a refused write was announced"
+    );
+
+    writer.delete("events", &v4).await.unwrap();
+    assert_eq!(next_event(&mut w).await, WatchEvent::Deleted);
+    let n: i64 = redis::cmd("EXISTS")
+        .arg(format!("{prefix}events"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    assert!(
+        timeout(Duration::from_millis(300), w.next()).await.is_err(),
+        "an event nobody wrote"
+    );
+}
+
+/// A watcher that does not keep up skips to the latest version: never an older one after a
+/// newer, and never without the newest. One that takes nothing during a burst gets exactly the
+/// last write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_watcher_gets_the_latest_version_never_an_older() {
+    let Some(url) = env_or_skip("TENURE_REDIS_URL", "a_slow_watcher") else {
+        return;
+    };
+    const BURST: usize = 300;
+    let prefix = unique_prefix();
+    let s = store(&url, &prefix).await;
+    let writer = store(&url, &prefix).await;
+    let mut idle = subscribed(&s, "burst").await;
+    let slow = subscribed(&s, "burst").await;
+    let v = writer
+        .put("burst", &rec("a", 1), PutMode::Create)
+        .await
+        .unwrap();
+    let e = next_event(&mut idle).await;
+    assert!(matches!(&e, WatchEvent::Put(p) if p.version == v), "{e:?}");
+    let r = writer.get("burst").await.unwrap().unwrap().record;
+
+    // A watcher that takes one event per 20 ms while the writes go on.
+    let (last_tx, last_rx) = tokio::sync::watch::channel(None::<Version>);
+    let reader = tokio::spawn(async move {
+        let mut slow = slow;
+        let mut seen = Vec::new();
+        loop {
+            let e = timeout(Duration::from_secs(5), slow.next())
+                .await
+                .expect("the newest write is delivered")
+                .unwrap()
+                .unwrap();
+            let WatchEvent::Put(p) = e else {
+                panic!("only writes happened, got {e:?}");
+            };
+            seen.push(p.version.clone());
+            if Some(&p.version) == last_rx.borrow().as_ref() {
+                return seen;
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let mut v = v;
+    let mut versions = vec![v.clone()];
+    for _ in 0..BURST {
+        v = writer
+            .put("burst", &r, PutMode::Update(v.clone()))
+            .await
+            .unwrap();
+        versions.push(v.clone());
+    }
+    last_tx.send_replace(Some(v.clone()));
+    let seen = reader.await.unwrap();
+    assert!(
+        seen.windows(2).all(|p| counter(&p[0]) < counter(&p[1])),
+        "the slow watcher got an older version after a newer one: {seen:?}"
+    );
+    assert!(seen.iter().all(|v| versions.contains(v)));
+    assert_eq!(seen.last(), Some(&v));
+    eprintln!(
+        "the slow watcher took {} events for {} writes",
+        seen.len(),
+        BURST
+    );
+
+    // The idle watcher took nothing during the burst: once the messages are in, it has the
+    // last write, and only that.
+    sleep(Duration::from_millis(500)).await;
+    let e = next_event(&mut idle).await;
+    assert!(
+        matches!(&e, WatchEvent::Put(p) if p.version == v),
+        "expected the last write {v}, got {e:?}"
+    );
+    assert!(
+        timeout(Duration::from_millis(300), idle.next())
+            .await
+            .is_err(),
+        "an older event after the newest"
+    );
+}
+
+/// A message on the channel that announces no record — somebody else publishing, a bare
+/// version (an older tenure, or a record too long to publish) — is a hint, and the next write
+/// is announced as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_that_announce_no_record_are_hints() {
+    let Some(url) = env_or_skip("TENURE_REDIS_URL", "messages_that_announce_no_record") else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let s = store(&url, &prefix).await;
+    let mut w = subscribed(&s, "noise").await;
+    let chan = s.channel_of("noise").unwrap();
+    let mut c = raw(&url).await;
+    for garbage in [
+        &b"hello"[..],
+        b"",
+        b"1700000000000000.3",
+        b"1700000000000000.3 {not json",
+        b"1700000000000000.3 {\"holder\":\"a\"}",
+        b"x.3 {}",
+        b"\xff\xfe",
+    ] {
+        let n: i64 = redis::cmd("PUBLISH")
+            .arg(&chan)
+            .arg(garbage)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(n, 1, "one subscriber");
+        let e = next_event(&mut w).await;
+        assert_eq!(
+            e,
+            WatchEvent::Hint,
+            "{:?}",
+            String::from_utf8_lossy(garbage)
+        );
+    }
+    let v = s.put("noise", &rec("a", 1), PutMode::Create).await.unwrap();
+    let e = next_event(&mut w).await;
+    assert!(matches!(&e, WatchEvent::Put(p) if p.version == v), "{e:?}");
+
+    // A record too long to publish is announced by its version alone: a hint.
+    let mut big = s.get("noise").await.unwrap().unwrap().record;
+    big.value = Some("x".repeat(tenure::redis::MAX_PUBLISHED_RECORD_LEN));
+    let v2 = s.put("noise", &big, PutMode::Update(v)).await.unwrap();
+    assert_eq!(next_event(&mut w).await, WatchEvent::Hint);
+    let got = s.get("noise").await.unwrap().unwrap();
+    assert_eq!((got.version, got.record.value), (v2, big.value));
+}
+
+/// Over Redis, an elector's calls per role while a leader renews for 10 lease durations: the
+/// leader one write per R and no reads (its own announcements are old news); the watching
+/// follower no polling — at most one read per L, plus its start — since it sees every
+/// renewal in its watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_redis_a_follower_reads_only_for_safety_while_the_leader_renews() {
+    use tenure::testing::FaultyStore;
+    let Some(url) = env_or_skip("TENURE_REDIS_URL", "follower_reads_only_for_safety") else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let elector = |s: FaultyStore<RedisStore>, id: &str| {
+        LeaderElector::builder(s, "budget")
+            .identity(id)
+            .lease_duration(LEASE)
+            .renew_deadline(DEADLINE)
+            .retry_period(RETRY)
+            .build()
+            .unwrap()
+    };
+    let ls = FaultyStore::new(store(&url, &prefix).await);
+    let fs = FaultyStore::new(store(&url, &prefix).await);
+    let shutdown = CancellationToken::new();
+    let leader = elector(ls.clone(), "leader");
+    let lh = leader.handle();
+    let lt = tokio::spawn(leader.run(shutdown.clone().cancelled_owned(), work));
+    let term = timeout(LEASE * 4, lh.leading()).await.unwrap().unwrap();
+    let l0 = ls.faults().calls();
+    let follower = elector(fs.clone(), "follower");
+    let fh = follower.handle();
+    let ft = tokio::spawn(follower.run(shutdown.clone().cancelled_owned(), work));
+    let window = LEASE * 10;
+    let started = Instant::now();
+    // The follower follows the leader the whole time.
+    while started.elapsed() < window {
+        sleep(Duration::from_millis(50)).await;
+        if started.elapsed() > LEASE / 2 {
+            match fh.current() {
+                tenure::LeaderState::Following(l) => assert_eq!(l.identity, "leader"),
+                other => panic!("the follower is {other:?}"),
+            }
+        }
+    }
+    let took = started.elapsed();
+    let (l1, f1) = (ls.faults().calls(), fs.faults().calls());
+    assert!(!term.is_cancelled(), "the leader lost its term");
+    shutdown.cancel();
+    lt.await.unwrap().unwrap();
+    ft.await.unwrap().unwrap();
+    let per = |n: u64| n as f64 / took.as_secs_f64();
+    eprintln!(
+        "over {took:?}: leader {} puts ({:.2}/s), {} gets; follower {} gets, {} puts, {} \
+         watches, {} events ({:.2}/s)",
+        l1.puts - l0.puts,
+        per(l1.puts - l0.puts),
+        l1.gets - l0.gets,
+        f1.gets,
+        f1.puts,
+        f1.watches,
+        f1.events,
+        per(f1.events)
+    );
+    let renewals = (took.as_secs_f64() / RETRY.as_secs_f64()).floor() as u64 + 1;
+    assert!(
+        l1.puts - l0.puts <= renewals,
+        "the leader wrote {} times in {took:?}, more than once per R ({renewals})",
+        l1.puts - l0.puts
+    );
+    assert_eq!(l1.gets, l0.gets, "the leader read after acquiring");
+    let reads = (took.as_secs_f64() / LEASE.as_secs_f64()).floor() as u64 + 2;
+    assert!(
+        f1.gets <= reads,
+        "the follower read {} times in {took:?}: more than once per L (+2 = {reads})",
+        f1.gets
+    );
+    assert_eq!(f1.puts, 0, "the follower wrote while the leader renewed");
+    assert!(f1.watches <= 2, "{} watches", f1.watches);
+    // Renewals made before the follower subscribed are not its to see.
+    assert!(
+        f1.events + 3 >= l1.puts - l0.puts,
+        "the follower saw {} events for {} renewals",
+        f1.events,
+        l1.puts - l0.puts
+    );
+}
+
+/// The subscribers of `chan` on the server (`PUBSUB NUMSUB`).
+async fn subscribers(c: &mut redis::aio::MultiplexedConnection, chan: &str) -> i64 {
+    let (_, n): (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(chan)
+        .query_async(c)
+        .await
+        .unwrap();
+    n
+}
+
+/// Watches of several names share one connection: each gets its own name's events; a second
+/// watch of a subscribed name starts with a hint and then gets the same events; the last
+/// watch of a name dropped unsubscribes it, and watching it again subscribes it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_come_and_go_on_one_connection() {
+    let Some(url) = env_or_skip("TENURE_REDIS_URL", "watches_come_and_go") else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let s = store(&url, &prefix).await;
+    let mut c = raw(&url).await;
+    let (ca, cb) = (s.channel_of("a").unwrap(), s.channel_of("b").unwrap());
+    let mut wa = subscribed(&s, "a").await;
+    let mut wb = subscribed(&s, "b").await;
+    let mut wb2 = subscribed(&s, "b").await;
+    assert_eq!(
+        (
+            subscribers(&mut c, &ca).await,
+            subscribers(&mut c, &cb).await
+        ),
+        (1, 1),
+        "one subscription per channel for the store"
+    );
+    let va = s.put("a", &rec("x", 1), PutMode::Create).await.unwrap();
+    let e = next_event(&mut wa).await;
+    assert!(matches!(&e, WatchEvent::Put(p) if p.version == va), "{e:?}");
+    let vb = s.put("b", &rec("y", 1), PutMode::Create).await.unwrap();
+    for w in [&mut wb, &mut wb2] {
+        let e = next_event(w).await;
+        assert!(matches!(&e, WatchEvent::Put(p) if p.version == vb), "{e:?}");
+    }
+    assert!(
+        timeout(Duration::from_millis(200), wa.next())
+            .await
+            .is_err(),
+        "a's watch got b's write"
+    );
+
+    drop(wa);
+    drop(wb2);
+    let unsubscribed = Instant::now() + Duration::from_secs(2);
+    while subscribers(&mut c, &ca).await != 0 {
+        assert!(Instant::now() < unsubscribed, "a is still subscribed");
+        sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(subscribers(&mut c, &cb).await, 1, "b is still watched");
+    let r = s.get("b").await.unwrap().unwrap().record;
+    let vb2 = s.put("b", &r, PutMode::Update(vb)).await.unwrap();
+    let e = next_event(&mut wb).await;
+    assert!(
+        matches!(&e, WatchEvent::Put(p) if p.version == vb2),
+        "{e:?}"
+    );
+
+    let mut wa = subscribed(&s, "a").await;
+    let r = s.get("a").await.unwrap().unwrap().record;
+    let va2 = s.put("a", &r, PutMode::Update(va)).await.unwrap();
+    let e = next_event(&mut wa).await;
+    assert!(
+        matches!(&e, WatchEvent::Put(p) if p.version == va2),
+        "{e:?}"
+    );
 }

@@ -481,3 +481,163 @@ pub async fn oversized_records_are_refused<H: Harness>(h: &H) {
         }
     }
 }
+
+/// Watch events (only if the store can watch): every write — create, renewal, a new term,
+/// release, delete — is followed within [`Timings::watch_latency`](super::Timings::watch_latency)
+/// by an event that reports it: its `Put` (the exact version `put` returned and the record as
+/// stored), `Deleted`, or a `Hint`; `Put`s never go back to an older version. A store that
+/// claims [`Capabilities::watch_every_write`](crate::Capabilities) must report every write,
+/// renewals included (its followers stop polling); others are only checked for what they do
+/// report.
+///
+/// # Panics
+///
+/// When an event reports a version that was never written, an older version after a newer
+/// one, a record other than the one stored, or (for a store claiming every write) nothing.
+pub async fn watch_reports_writes_in_order<H: Harness>(h: &H) {
+    const CHECK: &str = "watch_reports_writes_in_order";
+    let s = h.store().await;
+    let writer = h.store().await;
+    let name = unique("events");
+    let Some(mut w) = s.watch(&name) else {
+        eprintln!("conformance::{CHECK}: {} cannot watch; skipped", s.kind());
+        return;
+    };
+    let every = s.capabilities().watch_every_write;
+    let latency = h.timings().watch_latency;
+    // Give a watch that connects asynchronously time to be in place.
+    sleep(Duration::from_millis(200)).await;
+    let mut written: Vec<(Version, Option<LeaseRecord>)> = Vec::new();
+    let mut last_put: Option<usize> = None;
+    // Writes, each followed by the events that come within the latency bound.
+    let r1 = rec("a", 1);
+    let v1 = ok(
+        &name,
+        "create",
+        writer.put(&name, &r1, PutMode::Create).await,
+    );
+    let r1 = expect_term_started(&name, "get after create", &writer, &r1, &v1).await;
+    written.push((v1.clone(), Some(r1.clone())));
+    drain(&mut w, &written, &mut last_put, every, latency, "a create").await;
+    let mut renewed = r1.clone();
+    renewed.renew_time = Some(std::time::SystemTime::now());
+    let v2 = ok(
+        &name,
+        "renewal",
+        writer.put(&name, &renewed, PutMode::Update(v1)).await,
+    );
+    written.push((v2.clone(), Some(renewed.clone())));
+    drain(&mut w, &written, &mut last_put, every, latency, "a renewal").await;
+    let next = rec("b", renewed.transitions.saturating_add(1));
+    let v3 = ok(
+        &name,
+        "new term",
+        writer.put(&name, &next, PutMode::Update(v2)).await,
+    );
+    let next = expect_term_started(&name, "get after a new term", &writer, &next, &v3).await;
+    written.push((v3.clone(), Some(next.clone())));
+    drain(
+        &mut w,
+        &written,
+        &mut last_put,
+        every,
+        latency,
+        "a new term",
+    )
+    .await;
+    let mut vacant = next.clone();
+    vacant.holder = None;
+    let v4 = ok(
+        &name,
+        "release",
+        writer.put(&name, &vacant, PutMode::Update(v3)).await,
+    );
+    // A store may write a release in its own form (Kubernetes writes client-go's): compare
+    // events with what a read returns.
+    let vacant = match writer.get(&name).await {
+        Ok(Some(s)) if s.version == v4 => s.record,
+        other => panic!("{CHECK}: reading the release back: {other:?}"),
+    };
+    written.push((v4.clone(), Some(vacant)));
+    drain(&mut w, &written, &mut last_put, every, latency, "a release").await;
+    match writer.delete(&name, &v4).await {
+        Ok(()) => {
+            written.push((Version::new(""), None));
+            drain(&mut w, &written, &mut last_put, every, latency, "a delete").await;
+        }
+        Err(Error::Unsupported { .. }) => {}
+        Err(e) => panic!("{CHECK}: delete: {e}"),
+    }
+}
+
+/// Takes the events that arrive within `latency` (until one reports the latest write) and
+/// checks each against what was `written` (newest last; `None`: deleted).
+async fn drain(
+    w: &mut crate::WatchStream,
+    written: &[(Version, Option<LeaseRecord>)],
+    last_put: &mut Option<usize>,
+    every: bool,
+    latency: Duration,
+    what: &str,
+) {
+    const CHECK: &str = "watch_reports_writes_in_order";
+    let newest = written.len() - 1;
+    let deadline = tokio::time::Instant::now() + latency;
+    loop {
+        let event = match tokio::time::timeout_at(deadline, w.next()).await {
+            Err(_) => {
+                assert!(
+                    !every,
+                    "{CHECK}: nothing reported {what} within {latency:?}, but the store \
+                     claims its watch reports every write"
+                );
+                return;
+            }
+            Ok(None) => panic!("{CHECK}: the watch ended after {what}"),
+            Ok(Some(Err(e))) => panic!("{CHECK}: the watch failed after {what}: {e}"),
+            Ok(Some(Ok(e))) => e,
+        };
+        match event {
+            crate::WatchEvent::Hint => return,
+            crate::WatchEvent::Deleted => {
+                assert!(
+                    written[newest].1.is_none(),
+                    "{CHECK}: Deleted reported after {what}, but the record exists"
+                );
+                return;
+            }
+            crate::WatchEvent::Put(stored) => {
+                let Some(i) = written.iter().position(|(v, _)| *v == stored.version) else {
+                    panic!(
+                        "{CHECK}: after {what}, a Put of version {} that no write returned",
+                        stored.version
+                    );
+                };
+                assert!(
+                    last_put.is_none_or(|l| i >= l),
+                    "{CHECK}: after {what}, a Put of an older version ({}) after a newer one",
+                    stored.version
+                );
+                *last_put = Some(i);
+                let want = written[i].1.as_ref().unwrap_or_else(|| {
+                    panic!(
+                        "{CHECK}: a Put of version {} of a deleted record",
+                        stored.version
+                    )
+                });
+                let got = &stored.record;
+                assert!(
+                    got.holder == want.holder
+                        && got.transitions == want.transitions
+                        && got.lease_duration == want.lease_duration
+                        && got.value == want.value,
+                    "{CHECK}: after {what}, the Put of {} carries {got:?}, but {want:?} was stored",
+                    stored.version
+                );
+                if i == newest {
+                    return;
+                }
+            }
+        }
+    }
+}

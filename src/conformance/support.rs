@@ -151,7 +151,7 @@ pub(super) async fn assert_decode<S: LeaseStore>(s: &S, name: &str, what: &str) 
 
 pub(super) async fn await_watch(w: &mut WatchStream, bound: Duration, what: &str) {
     match timeout(bound, w.next()).await {
-        Ok(Some(Ok(()))) => {}
+        Ok(Some(Ok(_))) => {}
         Ok(Some(Err(e))) => {
             panic!("watch_yields_after_a_put: the watch failed after {what}: {e:?}")
         }
