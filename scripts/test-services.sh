@@ -243,6 +243,85 @@ CONF
   log "redis on 127.0.0.1:$port, redis with ACL users on 127.0.0.1:$auth_port"
 }
 
+# Writes $1/zoo.cfg: a standalone ZooKeeper on 127.0.0.1:$2 with its data in $1/data
+# (tickTime=200: sessions of 400 ms to 4 s; no connection limit).
+zk_config() {
+  local dir=$1 port=$2
+  mkdir -p "$dir/data" "$dir/log"
+  cat >"$dir/zoo.cfg" <<CONF
+tickTime=200
+initLimit=10
+syncLimit=5
+dataDir=$dir/data
+clientPort=$port
+clientPortAddress=127.0.0.1
+maxClientCnxns=0
+admin.enableServer=false
+4lw.commands.whitelist=ruok,stat,srvr
+CONF
+}
+
+# Waits until the ZooKeeper on 127.0.0.1:$1 answers `ruok` with `imok`.
+wait_zookeeper() {
+  local port=$1
+  for _ in $(seq 1 300); do
+    [ "$(python3 -c '
+import socket, sys
+try:
+    s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1)
+    s.sendall(b"ruok"); print(s.recv(16).decode())
+except OSError:
+    pass' "$port" 2>/dev/null)" = imok ] && return 0
+    sleep 0.1
+  done
+  log "zookeeper on port $port did not answer ruok with imok"
+  return 1
+}
+
+# Two standalone ZooKeeper 3.8 servers (Debian's package) with tickTime=200:
+#   TENURE_ZK_CONNECT        an open one (world:anyone everywhere)
+#   TENURE_ZK_AUTH_CONNECT   one whose test roots are digest-protected for
+#                            TENURE_ZK_AUTH_USER:TENURE_ZK_AUTH_PASSWORD:
+#                            TENURE_ZK_AUTH_ROOT (the user only, cdrwa) and
+#                            TENURE_ZK_AUTH_READABLE_ROOT (the user cdrwa, world:anyone read)
+#   TENURE_ZK_SERVER_CMD     zkServer.sh: `ZOO_LOG_DIR=D $TENURE_ZK_SERVER_CMD start-foreground
+#                            CFG` runs a private server in the foreground (it execs java, so
+#                            its pid is the server's), for the kill/restart tests
+start_zookeeper() {
+  apt_install zookeeper
+  local dir=$state/zookeeper cmd=/usr/share/zookeeper/bin/zkServer.sh
+  local port auth_port user=tenure password=tenure-secret hash
+  port=$(free_port)
+  zk_config "$dir/open" "$port"
+  JMXDISABLE=1 ZOO_LOG_DIR="$dir/open/log" "$cmd" start-foreground "$dir/open/zoo.cfg" \
+    >"$dir/open/log/stdout.log" 2>&1 &
+  started $!
+  auth_port=$(free_port)
+  zk_config "$dir/auth" "$auth_port"
+  JMXDISABLE=1 ZOO_LOG_DIR="$dir/auth/log" "$cmd" start-foreground "$dir/auth/zoo.cfg" \
+    >"$dir/auth/log/stdout.log" 2>&1 &
+  started $!
+  wait_zookeeper "$port"
+  wait_zookeeper "$auth_port"
+  # The digest ACL id is user:base64(sha1("user:password")); creating a node with it needs no
+  # credentials.
+  hash=$(python3 -c 'import base64, hashlib, sys; print(base64.b64encode(hashlib.sha1(sys.argv[1].encode()).digest()).decode())' "$user:$password")
+  JMXDISABLE=1 /usr/share/zookeeper/bin/zkCli.sh -server "127.0.0.1:$auth_port" \
+    create /protected "" "digest:$user:$hash:cdrwa" >"$dir/auth/log/setup.log" 2>&1
+  JMXDISABLE=1 /usr/share/zookeeper/bin/zkCli.sh -server "127.0.0.1:$auth_port" \
+    create /protected-readable "" "digest:$user:$hash:cdrwa,world:anyone:r" >>"$dir/auth/log/setup.log" 2>&1
+  export_var TENURE_ZK_CONNECT "127.0.0.1:$port"
+  export_var TENURE_ZK_AUTH_CONNECT "127.0.0.1:$auth_port"
+  export_var TENURE_ZK_AUTH_USER "$user"
+  export_var TENURE_ZK_AUTH_PASSWORD "$password"
+  export_var TENURE_ZK_AUTH_ROOT /protected
+  export_var TENURE_ZK_AUTH_READABLE_ROOT /protected-readable
+  export_var TENURE_ZK_SERVER_CMD "$cmd"
+  # Apache Curator's own recipes, for the interoperability tests (built once, cached).
+  export_var TENURE_CURATOR_PEER "$("$(dirname "$0")/build-curator-peer.sh")"
+  log "zookeeper on 127.0.0.1:$port, zookeeper with digest-protected roots on 127.0.0.1:$auth_port"
+}
+
 case "$cmd" in
   start)
     : >"$state/env"
@@ -250,6 +329,7 @@ case "$cmd" in
     export_var TENURE_TEST_STATE "$state"
     start_redis
     start_kube
+    start_zookeeper
     ;;
   build-kube)
     ensure_kube_apiserver
@@ -258,6 +338,18 @@ case "$cmd" in
     if [ -f "$state/pids" ]; then
       while read -r pid; do
         [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+      done <"$state/pids"
+      # Whatever ignores SIGTERM for 5 s gets SIGKILL.
+      for _ in $(seq 1 50); do
+        alive=0
+        while read -r pid; do
+          [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && alive=1
+        done <"$state/pids"
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+      done
+      while read -r pid; do
+        [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true
       done <"$state/pids"
       rm -f "$state/pids"
     fi

@@ -21,6 +21,8 @@ mod store;
 mod term;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "zookeeper")]
+pub mod zookeeper;
 
 pub use elector::{
     Backoff, Builder, Config, Leader, LeaderElector, LeaderHandle, LeaderState, LostReason,
