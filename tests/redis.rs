@@ -1717,7 +1717,13 @@ async fn over_redis_a_follower_reads_only_for_safety_while_the_leader_renews() {
         "the leader wrote {} times in {took:?}, more than once per R ({renewals})",
         l1.puts - l0.puts
     );
-    assert_eq!(l1.gets, l0.gets, "the leader read after acquiring");
+    // At most one read: the hint its own watch yields once its subscription is in place
+    // (writes made before that could have been missed), which may land after it acquired.
+    assert!(
+        l1.gets - l0.gets <= 1,
+        "the leader read {} times after acquiring",
+        l1.gets - l0.gets
+    );
     let reads = (took.as_secs_f64() / LEASE.as_secs_f64()).floor() as u64 + 2;
     assert!(
         f1.gets <= reads,
