@@ -602,18 +602,48 @@ async fn five_candidates_one_leader_and_a_vacant_lease_is_taken_at_once() {
     }
 }
 
-/// A store whose watch is supported but never reports anything (like Redis's, which does not
-/// publish renewals): followers must still notice renewals by re-reading every jittered R.
+/// How a [`Shaped`] store's watch behaves.
+#[derive(Clone, Copy)]
+enum Watch {
+    /// No watch: electors poll.
+    None,
+    /// A watch that never reports anything (a silent or broken one).
+    Silent,
+    /// A watch refused with `PermissionDenied`, as a Kubernetes watch without the `watch` verb.
+    Denied,
+}
+
+/// A store over another one, with the watch (and claimed capabilities) of a given shape.
 #[derive(Clone)]
-struct SilentWatch(MemoryStore);
+struct Shaped<S> {
+    inner: S,
+    watch: Watch,
+    caps: tenure::Capabilities,
+}
+
+impl<S: LeaseStore> Shaped<S> {
+    fn new(inner: S, watch: Watch) -> Self {
+        Shaped {
+            inner,
+            watch,
+            caps: tenure::Capabilities::NONE,
+        }
+    }
+
+    /// Claims that the watch reports every write (whatever it really does).
+    fn every_write(mut self) -> Self {
+        self.caps = self.caps.with_watch_every_write(true);
+        self
+    }
+}
 
 #[async_trait::async_trait]
-impl LeaseStore for SilentWatch {
+impl<S: LeaseStore> LeaseStore for Shaped<S> {
     fn kind(&self) -> &'static str {
-        "silent-watch"
+        "shaped"
     }
     async fn get(&self, name: &str) -> tenure::Result<Option<tenure::Stored>> {
-        self.0.get(name).await
+        self.inner.get(name).await
     }
     async fn put(
         &self,
@@ -621,10 +651,25 @@ impl LeaseStore for SilentWatch {
         r: &LeaseRecord,
         m: PutMode,
     ) -> tenure::Result<tenure::Version> {
-        self.0.put(name, r, m).await
+        self.inner.put(name, r, m).await
     }
-    fn watch(&self, _: &str) -> Option<tenure::WatchStream> {
-        Some(Box::pin(futures_util::stream::pending()))
+    fn watch(&self, name: &str) -> Option<tenure::WatchStream> {
+        match self.watch {
+            Watch::None => None,
+            Watch::Silent => Some(Box::pin(futures_util::stream::pending())),
+            Watch::Denied => {
+                let e = Error::PermissionDenied {
+                    store: "shaped",
+                    operation: "watch",
+                    name: name.to_owned(),
+                    source: "forbidden".into(),
+                };
+                Some(Box::pin(futures_util::stream::iter([Err(e)])))
+            }
+        }
+    }
+    fn capabilities(&self) -> tenure::Capabilities {
+        self.caps
     }
 }
 
@@ -633,7 +678,10 @@ async fn renewals_are_noticed_without_watch_events() {
     let store = MemoryStore::new();
     let mut rec = LeaseRecord::held_by("other", L, 1);
     let mut v = store.put(NAME, &rec, PutMode::Create).await.unwrap();
-    let c = spawn(builder(SilentWatch(store.clone()), "b"), Duration::ZERO);
+    let c = spawn(
+        builder(Shaped::new(store.clone(), Watch::Silent), "b"),
+        Duration::ZERO,
+    );
     for _ in 0..20 {
         sleep(R).await;
         rec.renew_time = Some(SystemTime::now());
@@ -775,42 +823,10 @@ fn absurd_jitter_is_a_config_error_not_a_panic() {
     }
 }
 
-/// A store whose watch refuses with `PermissionDenied` (as a Kubernetes watch without the
-/// `watch` verb does).
-#[derive(Clone)]
-struct WatchDenied(MemoryStore);
-
-#[async_trait::async_trait]
-impl LeaseStore for WatchDenied {
-    fn kind(&self) -> &'static str {
-        "watch-denied"
-    }
-    async fn get(&self, name: &str) -> tenure::Result<Option<tenure::Stored>> {
-        self.0.get(name).await
-    }
-    async fn put(
-        &self,
-        name: &str,
-        r: &LeaseRecord,
-        m: PutMode,
-    ) -> tenure::Result<tenure::Version> {
-        self.0.put(name, r, m).await
-    }
-    fn watch(&self, name: &str) -> Option<tenure::WatchStream> {
-        let e = Error::PermissionDenied {
-            store: "watch-denied",
-            operation: "watch",
-            name: name.to_owned(),
-            source: "forbidden".into(),
-        };
-        Some(Box::pin(futures_util::stream::iter([Err(e)])))
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_watch_refused_for_lack_of_permission_stops_the_elector() {
     let c = spawn(
-        builder(WatchDenied(MemoryStore::new()), "a"),
+        builder(Shaped::new(MemoryStore::new(), Watch::Denied), "a"),
         Duration::ZERO,
     );
     let res = tokio::time::timeout(L * 4, c.task).await;
@@ -866,28 +882,6 @@ async fn release_is_not_held_up_by_work_that_never_yields() {
 // ---------------------------------------------------------------------------------------------
 // Request budgets (issue 9): what each role costs the store, counted on paused time.
 // ---------------------------------------------------------------------------------------------
-
-/// Hides a store's watch, so electors poll.
-#[derive(Clone)]
-struct Unwatched(FaultyStore<MemoryStore>);
-
-#[async_trait::async_trait]
-impl LeaseStore for Unwatched {
-    fn kind(&self) -> &'static str {
-        "unwatched"
-    }
-    async fn get(&self, name: &str) -> tenure::Result<Option<tenure::Stored>> {
-        self.0.get(name).await
-    }
-    async fn put(
-        &self,
-        name: &str,
-        r: &LeaseRecord,
-        m: PutMode,
-    ) -> tenure::Result<tenure::Version> {
-        self.0.put(name, r, m).await
-    }
-}
 
 /// Runs a leader and a follower, each on its own counting handle, for ten lease durations
 /// after the leader's term started; returns their calls over that window.
@@ -955,7 +949,7 @@ async fn budget_with_a_watch_of_bare_hints() {
 
 #[tokio::test(start_paused = true)]
 async fn budget_without_a_watch() {
-    let (leader, follower) = budget(Unwatched, |_| {}).await;
+    let (leader, follower) = budget(|s| Shaped::new(s, Watch::None), |_| {}).await;
     let renewals = (L * 10).as_millis() / R.as_millis();
     assert_eq!(leader.puts as u128, renewals, "{leader:?}");
     assert_eq!(leader.gets, 0, "{leader:?}");
@@ -1000,39 +994,9 @@ async fn lost_or_reordered_events_never_cause_an_early_takeover() {
     b.task.await.unwrap().unwrap();
 }
 
-/// A store that claims its watch reports every write, but whose watch stays silent (broken):
-/// followers still read about once per lease duration, so they notice renewals late but do
-/// notice them, and a takeover is never early.
-#[derive(Clone)]
-struct SilentButComplete(FaultyStore<MemoryStore>);
-
-#[async_trait::async_trait]
-impl LeaseStore for SilentButComplete {
-    fn kind(&self) -> &'static str {
-        "silent-but-complete"
-    }
-    async fn get(&self, name: &str) -> tenure::Result<Option<tenure::Stored>> {
-        self.0.get(name).await
-    }
-    async fn put(
-        &self,
-        name: &str,
-        r: &LeaseRecord,
-        m: PutMode,
-    ) -> tenure::Result<tenure::Version> {
-        self.0.put(name, r, m).await
-    }
-    fn watch(&self, _: &str) -> Option<tenure::WatchStream> {
-        Some(Box::pin(futures_util::stream::pending()))
-    }
-    fn capabilities(&self) -> tenure::Capabilities {
-        tenure::Capabilities::NONE.with_watch_every_write(true)
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_silent_watch_still_gets_a_safety_read_per_lease() {
-    let (leader, follower) = budget(SilentButComplete, |_| {}).await;
+    let (leader, follower) = budget(|s| Shaped::new(s, Watch::Silent).every_write(), |_| {}).await;
     let renewals = (L * 10).as_millis() / R.as_millis();
     assert_eq!(leader.puts as u128, renewals, "{leader:?}");
     // Reads every L to 1.5 L: 6 to 10 in 10 L (and the follower never takes over: `budget`
