@@ -2,7 +2,9 @@
 # Installs (if needed) and starts the real servers the enabled backends' tests need, on
 # 127.0.0.1, and stops them again.
 #
-#   scripts/test-services.sh start STATE_DIR   # starts servers, writes STATE_DIR/env (exports)
+#   scripts/test-services.sh start STATE_DIR [SERVICE...]
+#                                   # starts servers (all, or only redis, kube, zookeeper,
+#                                   # consul), writes STATE_DIR/env (exports)
 #   scripts/test-services.sh stop  STATE_DIR   # stops what `start` started (idempotent)
 #
 # Slow downloads and builds are cached under ${XDG_CACHE_HOME:-$HOME/.cache}/tenure-test so
@@ -322,14 +324,93 @@ start_zookeeper() {
   log "zookeeper on 127.0.0.1:$port, zookeeper with digest-protected roots on 127.0.0.1:$auth_port"
 }
 
+# Consul 1.8.7 from Debian bullseye's `consul` package (bookworm has none; see
+# shared/services.md), extracted (not installed) into the cache. Prints the binary's path.
+ensure_consul() {
+  local c=$cache/consul
+  local bin=$c/root/usr/bin/consul
+  if [ -x "$bin" ]; then echo "$bin"; return 0; fi
+  private_apt
+  mkdir -p "$c/dl"
+  (
+    set -e
+    cd "$c/dl"
+    rm -f consul_*.deb
+    apt-get "${APT_OPTS[@]}" download consul=1.8.7+dfsg1-2+b3 >"$c/download.log" 2>&1
+    rm -rf "$c/root.tmp"
+    dpkg-deb -x consul_*.deb "$c/root.tmp"
+    rm -rf "$c/root"
+    mv "$c/root.tmp" "$c/root"
+  ) >&2
+  echo "$bin"
+}
+
+# Waits until the Consul agent whose HTTP API is at 127.0.0.1:$1 has a Raft leader.
+wait_consul() {
+  local port=$1
+  for _ in $(seq 1 300); do
+    case "$(curl -s -m 1 "http://127.0.0.1:$port/v1/status/leader" 2>/dev/null)" in
+      '"'?*'"') return 0 ;;
+    esac
+    sleep 0.1
+  done
+  log "consul on port $port has no leader after 30 s"
+  return 1
+}
+
+# Starts `consul agent -dev` on free loopback ports (DNS, HTTPS and gRPC off), HTTP on $2,
+# logging to $1/agent.log; extra arguments follow. Prints the agent's pid.
+consul_dev_agent() {
+  local dir=$1 http=$2
+  shift 2
+  mkdir -p "$dir"
+  "$consul_bin" agent -dev -node "$(basename "$dir")" -bind 127.0.0.1 -client 127.0.0.1 \
+    -http-port "$http" -dns-port -1 -grpc-port -1 -serf-lan-port "$(free_port)" \
+    -serf-wan-port "$(free_port)" -server-port "$(free_port)" "$@" >"$dir/agent.log" 2>&1 &
+  echo $!
+}
+
+# Two Consul 1.8.7 dev agents (in memory: a restart loses everything):
+#   TENURE_CONSUL_ADDR           an open one (no ACLs), http://127.0.0.1:P
+#   TENURE_CONSUL_ACL_ADDR       one with ACLs enabled and default_policy = "deny"
+#   TENURE_CONSUL_MASTER_TOKEN   its master (management) token; tests create their own tokens
+#   TENURE_CONSUL_BIN            the consul binary: private agents (kill/restart tests) and
+#                                `consul lock` (interoperability tests)
+start_consul() {
+  apt_install curl
+  local dir=$state/consul master pid http acl_http
+  consul_bin=$(ensure_consul)
+  master=$(python3 -c 'import uuid; print(uuid.uuid4())')
+  http=$(free_port)
+  pid=$(consul_dev_agent "$dir/open" "$http")
+  started "$pid"
+  acl_http=$(free_port)
+  pid=$(consul_dev_agent "$dir/acl" "$acl_http" -hcl \
+    "acl { enabled = true default_policy = \"deny\" tokens { master = \"$master\" } }")
+  started "$pid"
+  wait_consul "$http"
+  wait_consul "$acl_http"
+  export_var TENURE_CONSUL_ADDR "http://127.0.0.1:$http"
+  export_var TENURE_CONSUL_ACL_ADDR "http://127.0.0.1:$acl_http"
+  export_var TENURE_CONSUL_MASTER_TOKEN "$master"
+  export_var TENURE_CONSUL_BIN "$consul_bin"
+  log "consul 1.8.7 on 127.0.0.1:$http, consul with ACLs (default deny) on 127.0.0.1:$acl_http"
+}
+
 case "$cmd" in
   start)
     : >"$state/env"
     : >"$state/pids"
     export_var TENURE_TEST_STATE "$state"
-    start_redis
-    start_kube
-    start_zookeeper
+    shift 2
+    for service in "${@:-redis kube zookeeper consul}"; do
+      for s in $service; do
+        case "$s" in
+          redis | kube | zookeeper | consul) "start_$s" ;;
+          *) log "unknown service $s"; exit 2 ;;
+        esac
+      done
+    done
     ;;
   build-kube)
     ensure_kube_apiserver
