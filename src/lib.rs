@@ -4,6 +4,8 @@
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "consul")]
+pub mod consul;
 #[macro_use]
 pub mod elector;
 mod error;
