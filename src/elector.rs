@@ -171,6 +171,9 @@ impl<S: LeaseStore> Builder<S> {
             return Err(Error::config("the election name must not be empty"));
         }
         self.config.validate()?;
+        self.store
+            .capabilities()
+            .check_retry_period(self.store.kind(), self.config.retry_period)?;
         Ok(LeaderElector {
             store: self.store,
             name: self.name,

@@ -228,6 +228,9 @@ impl<S: LeaseStore + Clone> MutexBuilder<S> {
             return Err(Error::config("the lock name must not be empty"));
         }
         self.config.elector.validate()?;
+        self.store
+            .capabilities()
+            .check_retry_period(self.store.kind(), self.config.elector.retry_period)?;
         if self.config.max_refresh_fails == 0 {
             return Err(Error::config("max_refresh_fails must be at least 1"));
         }

@@ -142,6 +142,11 @@ pub struct Capabilities {
     /// least a [`WatchEvent::Hint`] — so a follower that watches needs no polling: it keeps a
     /// safety read about once per lease duration and after every restart of its watch.
     pub watch_every_write: bool,
+    /// The shortest retry period the store sustains (a leader writes once per `R`), if it has
+    /// one: [`LeaderElector`](crate::LeaderElector) and [`Mutex`](crate::lock::Mutex) builders
+    /// over the store refuse a shorter `R` with [`Error::Config`](crate::Error::Config) naming
+    /// the store and the limit (Cloud Storage: 1 s, its write rate per object).
+    pub min_retry_period: Option<Duration>,
 }
 
 impl Capabilities {
@@ -149,7 +154,27 @@ impl Capabilities {
     pub const NONE: Capabilities = Capabilities {
         durable_tokens: false,
         watch_every_write: false,
+        min_retry_period: None,
     };
+
+    /// These capabilities with [`min_retry_period`](Self::min_retry_period) set to `at_least`.
+    #[must_use]
+    pub const fn with_min_retry_period(mut self, at_least: Duration) -> Self {
+        self.min_retry_period = Some(at_least);
+        self
+    }
+
+    /// Refuses a retry period below [`min_retry_period`](Self::min_retry_period), naming the
+    /// store (`kind`) and the limit.
+    pub(crate) fn check_retry_period(&self, kind: &str, retry_period: Duration) -> Result<()> {
+        match self.min_retry_period {
+            Some(min) if retry_period < min => Err(Error::config(format!(
+                "retry_period ({retry_period:?}) must be at least {min:?} on the {kind} store: \
+                 a leader writes once per retry period, and the store allows no more"
+            ))),
+            _ => Ok(()),
+        }
+    }
 
     /// These capabilities with [`watch_every_write`](Self::watch_every_write) set to `on`.
     #[must_use]
@@ -306,5 +331,29 @@ impl<S: LeaseStore + ?Sized> LeaseStore for Arc<S> {
     }
     fn capabilities(&self) -> Capabilities {
         (**self).capabilities()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minimum_retry_period_is_enforced_and_named() {
+        let caps = Capabilities::NONE.with_min_retry_period(Duration::from_secs(1));
+        let e = caps
+            .check_retry_period("gcs", Duration::from_millis(500))
+            .unwrap_err();
+        assert!(matches!(e, Error::Config { .. }), "{e:?}");
+        assert!(
+            e.to_string().contains("at least 1s on the gcs store"),
+            "{e}"
+        );
+        assert!(caps
+            .check_retry_period("gcs", Duration::from_secs(1))
+            .is_ok());
+        assert!(Capabilities::NONE
+            .check_retry_period("memory", Duration::from_millis(1))
+            .is_ok());
     }
 }
