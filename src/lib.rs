@@ -11,6 +11,8 @@ pub mod elector;
 mod error;
 #[cfg(feature = "file")]
 pub mod file;
+#[cfg(feature = "gcs")]
+pub mod gcs;
 mod identity;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
