@@ -32,36 +32,36 @@
 //! ## Compatibility with `api.Lock` (Consul 1.8.7) and `consul lock`
 //!
 //! - Key: `<prefix>/.lock` for [`ConsulLock::new`] — the key `consul lock PREFIX cmd` uses
-//! (`path.Join(prefix, api.DefaultSemaphoreKey)`, a leading `/` trimmed) — or any key with
-//! [`ConsulLock::builder_for_key`] (`client.LockKey(key)`). Keys are full KV paths: the
-//! [`Consul`] handle's prefix, which places the record store's keys, does not apply.
+//!   (`path.Join(prefix, api.DefaultSemaphoreKey)`, a leading `/` trimmed) — or any key with
+//!   [`ConsulLock::builder_for_key`] (`client.LockKey(key)`). Keys are full KV paths: the
+//!   [`Consul`] handle's prefix, which places the record store's keys, does not apply.
 //! - Holding: the key locked by a session (`Session` set, `LockIndex` incremented), with the
-//! flags [`LOCK_FLAG_VALUE`] (`api.LockFlagValue`) and the configured value (`LockOptions.Value`,
-//! empty by default as with `consul lock`). A key with other flags — a semaphore's, or foreign
-//! data — is never touched: [`KeyConflict`] (`api.ErrLockConflict`).
+//!   flags [`LOCK_FLAG_VALUE`] (`api.LockFlagValue`) and the configured value (`LockOptions.Value`,
+//!   empty by default as with `consul lock`). A key with other flags — a semaphore's, or foreign
+//!   data — is never touched: [`KeyConflict`] (`api.ErrLockConflict`).
 //! - Acquiring: create a session (TTL, lock-delay, behaviour `release`, checks:
-//! [`SessionOptions`]), wait with blocking queries while another session holds the key, lock
-//! it when free. Locking goes through `/v1/txn`'s `lock` verb — the same state-store
-//! operation as `PUT ?acquire=`, with the same lock-delay check — guarded by a
-//! `check-index` (or `check-not-exists`) of the entry just read, so that the acquisition's
-//! Raft index comes back in the same call and a key turned into something else meanwhile is
-//! never locked.
+//!   [`SessionOptions`]), wait with blocking queries while another session holds the key, lock
+//!   it when free. Locking goes through `/v1/txn`'s `lock` verb — the same state-store
+//!   operation as `PUT ?acquire=`, with the same lock-delay check — guarded by a
+//!   `check-index` (or `check-not-exists`) of the entry just read, so that the acquisition's
+//!   Raft index comes back in the same call and a key turned into something else meanwhile is
+//!   never locked.
 //! - Lock-delay: after a holder's session is invalidated, Consul refuses the lock for the
-//! session's lock-delay. `api.Lock` then retries every 5 s (`DefaultLockRetryTime`); tenure
-//! learns the lock-delay of the holder it waits on (one `session/info` call per holder) and
-//! retries the moment it ends, else every [`lock_retry_time`](ConsulLockBuilder::lock_retry_time).
+//!   session's lock-delay. `api.Lock` then retries every 5 s (`DefaultLockRetryTime`); tenure
+//!   learns the lock-delay of the holder it waits on (one `session/info` call per holder) and
+//!   retries the moment it ends, else every [`lock_retry_time`](ConsulLockBuilder::lock_retry_time).
 //! - Monitoring: as `api.Lock`'s `monitorLock`, consistent blocking queries on the key; the
-//! holding ends at once when the key's session changes (taken over, released by somebody
-//! else), when the key is deleted, or when the session ends (a renewal finds it invalidated,
-//! or none succeeds within the renew deadline).
+//!   holding ends at once when the key's session changes (taken over, released by somebody
+//!   else), when the key is deleted, or when the session ends (a renewal finds it invalidated,
+//!   or none succeeds within the renew deadline).
 //! - Releasing: `PUT ?release=<session>` with the flags and value (`Unlock`), then the session
-//! is destroyed (it was made for this holding, as `api.Lock` does).
+//!   is destroyed (it was made for this holding, as `api.Lock` does).
 //! - [`destroy`](ConsulLock::destroy): `Destroy` — refuses while this instance holds it
-//! ([`DestroyError::Held`], `ErrLockHeld`), while anybody holds it ([`DestroyError::InUse`],
-//! `ErrLockInUse`) and when the flags differ ([`DestroyError::Conflict`], `ErrLockConflict`);
-//! otherwise deletes the key with `?cas=`.
+//!   ([`DestroyError::Held`], `ErrLockHeld`), while anybody holds it ([`DestroyError::InUse`],
+//!   `ErrLockInUse`) and when the flags differ ([`DestroyError::Conflict`], `ErrLockConflict`);
+//!   otherwise deletes the key with `?cas=`.
 //! - `ErrLockHeld` from `Lock` is [`LockError::AlreadyHeld`](crate::lock::LockError::AlreadyHeld); `ErrLockNotHeld` from `Unlock`
-//! is [`LockError::NotHeld`](crate::lock::LockError::NotHeld).
+//!   is [`LockError::NotHeld`](crate::lock::LockError::NotHeld).
 //!
 //! So a tenure program and a Go program using `api.Lock`, or a shell script under
 //! `consul lock`, on the same prefix exclude each other, and each takes over when the other
@@ -72,23 +72,23 @@
 //! ## Compatibility with `api.Semaphore` (Consul 1.8.7) and `consul lock -n N`
 //!
 //! - Each contender makes a session (behaviour `delete` by default, as `api.Semaphore`) and
-//! locks a contender key `<prefix>/<session>` with the flags [`SEMAPHORE_FLAG_VALUE`] and its
-//! value.
+//!   locks a contender key `<prefix>/<session>` with the flags [`SEMAPHORE_FLAG_VALUE`] and its
+//!   value.
 //! - The holders are kept in `<prefix>/.lock`, with the same flags, as Go's JSON
-//! `{"Limit":N,"Holders":{"<session>":true,…}}`. A contender reads the prefix (blocking
-//! queries while the semaphore is full), drops the holders whose session no longer holds
-//! any key under the prefix (dead), and adds itself with a check-and-set on the key's
-//! `ModifyIndex` (0: create only) — through `/v1/txn`'s `cas` verb, so that the grant's Raft
-//! index comes back as the fencing token.
+//!   `{"Limit":N,"Holders":{"<session>":true,…}}`. A contender reads the prefix (blocking
+//!   queries while the semaphore is full), drops the holders whose session no longer holds
+//!   any key under the prefix (dead), and adds itself with a check-and-set on the key's
+//!   `ModifyIndex` (0: create only) — through `/v1/txn`'s `cas` verb, so that the grant's Raft
+//!   index comes back as the fencing token.
 //! - Every contender must agree on the limit: a different one is [`Error::Config`](crate::Error::Config)
-//! ("semaphore limit conflict"); a `.lock` key with other flags (a lock's) is a
-//! [`KeyConflict`] (`ErrSemaphoreConflict`).
+//!   ("semaphore limit conflict"); a `.lock` key with other flags (a lock's) is a
+//!   [`KeyConflict`] (`ErrSemaphoreConflict`).
 //! - Monitoring: consistent blocking queries on the prefix; the slot is lost when the session
-//! is no longer among the live holders.
+//!   is no longer among the live holders.
 //! - Releasing: the session is removed from the holders (CAS, retried), the contender key
-//! deleted, the session destroyed. [`destroy`](ConsulSemaphore::destroy) deletes
-//! `<prefix>/.lock` once nobody holds a slot (`ErrSemaphoreHeld`, `ErrSemaphoreInUse`,
-//! `ErrSemaphoreConflict` as [`DestroyError`]).
+//!   deleted, the session destroyed. [`destroy`](ConsulSemaphore::destroy) deletes
+//!   `<prefix>/.lock` once nobody holds a slot (`ErrSemaphoreHeld`, `ErrSemaphoreInUse`,
+//!   `ErrSemaphoreConflict` as [`DestroyError`]).
 
 mod client;
 mod lock;
