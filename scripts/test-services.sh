@@ -4,7 +4,8 @@
 #
 #   scripts/test-services.sh start STATE_DIR [SERVICE...]
 #                                   # starts servers (all, or only redis, kube, zookeeper,
-#                                   # consul, gcs), writes STATE_DIR/env (exports)
+#                                   # consul, gcs, promtool), writes STATE_DIR/env
+#                                   # (exports)
 #   scripts/test-services.sh stop  STATE_DIR   # stops what `start` started (idempotent)
 #
 # Slow downloads and builds are cached under ${XDG_CACHE_HOME:-$HOME/.cache}/tenure-test so
@@ -439,16 +440,47 @@ start_gcs() {
   log "fake-gcs-server on 127.0.0.1:$port"
 }
 
+# promtool 2.42 for the `tenure` command's tests (`promtool check metrics` on its /metrics):
+# Debian bookworm's `prometheus` package downloaded and extracted (not installed: installing
+# it would add a system user and a Prometheus server, 96 MB) into the cache.
+#   TENURE_PROMTOOL   the promtool binary
+start_promtool() {
+  local c=$cache/prometheus
+  local bin=$c/root/usr/bin/promtool
+  if [ ! -x "$bin" ]; then
+    mkdir -p "$c/dl"
+    if ! (
+      set -e
+      cd "$c/dl"
+      rm -f prometheus_*.deb
+      if ! apt-get download prometheus >"$c/download.log" 2>&1; then
+        apt-get update >>"$c/download.log" 2>&1
+        apt-get download prometheus >>"$c/download.log" 2>&1
+      fi
+      rm -rf "$c/root.tmp"
+      dpkg-deb -x prometheus_*.deb "$c/root.tmp"
+      rm -rf "$c/root"
+      mv "$c/root.tmp" "$c/root"
+    ); then
+      log "could not fetch promtool:"
+      tail -20 "$c/download.log" >&2
+      return 1
+    fi
+  fi
+  export_var TENURE_PROMTOOL "$bin"
+  log "promtool at $bin"
+}
+
 case "$cmd" in
   start)
     : >"$state/env"
     : >"$state/pids"
     export_var TENURE_TEST_STATE "$state"
     shift 2
-    for service in "${@:-redis kube zookeeper consul gcs}"; do
+    for service in "${@:-redis kube zookeeper consul gcs promtool}"; do
       for s in $service; do
         case "$s" in
-          redis | kube | zookeeper | consul | gcs) "start_$s" ;;
+          redis | kube | zookeeper | consul | gcs | promtool) "start_$s" ;;
           *) log "unknown service $s"; exit 2 ;;
         esac
       done

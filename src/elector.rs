@@ -8,6 +8,7 @@
 #[macro_use]
 mod config;
 mod handle;
+mod observer;
 pub mod state;
 
 use std::collections::VecDeque;
@@ -21,10 +22,12 @@ use rand::Rng;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, Instant};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 pub use self::config::{default_identity, Backoff, Config, MAX_DURATION};
 pub use self::handle::{Leader, LeaderHandle, LeaderState};
+use self::observer::NoObserver;
+pub use self::observer::{error_kind, Observer};
 use self::state::{decide, next_record, next_token, vacated, Decision, Observed};
 use crate::error::{with_timeout, Error, Result};
 use crate::store::{LeaseStore, PutMode, Stored, Version, WatchEvent, WatchStream};
@@ -66,6 +69,7 @@ pub struct LeaderElector<S> {
     on_stopped_leading: Option<StoppedFn>,
     state: watch::Sender<LeaderState>,
     history: Option<SharedHistory>,
+    observer: Arc<dyn Observer>,
 }
 
 /// Builds a [`LeaderElector`]; [`build`](Self::build) validates the settings.
@@ -77,6 +81,7 @@ pub struct Builder<S> {
     on_new_leader: Option<NewLeaderFn>,
     on_stopped_leading: Option<StoppedFn>,
     history: Option<SharedHistory>,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl<S: LeaseStore> LeaderElector<S> {
@@ -89,7 +94,13 @@ impl<S: LeaseStore> LeaderElector<S> {
             on_new_leader: None,
             on_stopped_leading: None,
             history: None,
+            observer: None,
         }
+    }
+
+    /// The election's name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The validated settings.
@@ -165,6 +176,13 @@ impl<S: LeaseStore> Builder<S> {
         self
     }
 
+    /// Reports campaigns, terms, renewals, failed store calls and leader changes to `observer`
+    /// (for example `tenure::metrics::Metrics`, feature `metrics`). See [`Observer`].
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
     /// Validates the settings ([`Config::validate`]) and the name, and builds the elector.
     pub fn build(self) -> Result<LeaderElector<S>> {
         if self.name.is_empty() {
@@ -182,6 +200,7 @@ impl<S: LeaseStore> Builder<S> {
             on_stopped_leading: self.on_stopped_leading,
             state: watch::channel(LeaderState::Unknown).0,
             history: self.history,
+            observer: self.observer.unwrap_or_else(|| Arc::new(NoObserver)),
         })
     }
 
@@ -236,6 +255,7 @@ impl Wakeups {
         store: &S,
         name: &str,
         retry: Duration,
+        observer: &dyn Observer,
     ) -> Result<WatchEvent> {
         loop {
             if let Some(at) = self.resubscribe_at {
@@ -249,11 +269,13 @@ impl Wakeups {
                 Some(s) => match s.next().await {
                     Some(Ok(event)) => return Ok(event),
                     Some(Err(e)) if !e.is_retryable() => {
+                        observer.store_error(name, "watch", &e);
                         warn!(error = %e, "the store refused the watch");
                         self.stream = None;
                         return Err(e);
                     }
                     Some(Err(e)) => {
+                        observer.store_error(name, "watch", &e);
                         debug!(error = %e, "watch error; resubscribing");
                         self.stream = None;
                         self.resubscribe_at = Some(Instant::now() + retry);
@@ -315,7 +337,22 @@ struct Runner<'a, S> {
     /// The versions seen lately (read, watched or written), newest last.
     seen: VecDeque<Version>,
     reported_holder: Option<Option<String>>,
+    /// When the holder reported last stops holding by this elector's observation (for the
+    /// observer's failover gap).
+    holder_expiry: HolderExpiry,
+    /// Since when the election has been seen without a holder, if it is now.
+    leaderless_since: Option<Instant>,
     call_timeout: Duration,
+}
+
+/// Where the lease of the holder reported last expires, by this elector's observation.
+enum HolderExpiry {
+    /// Nobody holds it (or nothing was reported yet).
+    None,
+    /// Another holder's, at this instant.
+    At(Instant),
+    /// Ours: the term's `valid_until` plus `L − D`, read when needed (it moves with renewals).
+    Term(Term),
 }
 
 impl<S> Drop for Runner<'_, S> {
@@ -352,6 +389,8 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
             highest_token,
             seen: VecDeque::new(),
             reported_holder: None,
+            holder_expiry: HolderExpiry::None,
+            leaderless_since: None,
             call_timeout: el.config.effective_call_timeout(),
         }
     }
@@ -416,15 +455,29 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
         F: FnMut(Term) -> Fut + Send,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        let el = self.el;
         loop {
             let campaigning = work.is_some();
-            let Some(acquired_at) = self.campaign(campaigning).await? else {
+            let span = if campaigning {
+                el.observer.campaign_started(&el.name, &el.config.identity);
+                info_span!("campaign", election = %el.name, identity = %el.config.identity)
+            } else {
+                info_span!("observe", election = %el.name, identity = %el.config.identity)
+            };
+            let Some(acquired_at) = self.campaign(campaigning).instrument(span).await? else {
                 return Ok(());
             };
             let Some(f) = work.as_mut() else {
                 return Ok(());
             };
-            match self.lead(acquired_at, f).await {
+            let token = self.observed.as_ref().map_or(0, |o| o.record.transitions);
+            let span = info_span!(
+                "term",
+                election = %el.name,
+                identity = %el.config.identity,
+                fencing_token = token
+            );
+            match self.lead(acquired_at, f).instrument(span).await {
                 Ended::ShutDown => return Ok(()),
                 Ended::Lost(Some(e)) => return Err(e),
                 Ended::Lost(None) => {
@@ -455,6 +508,7 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
     /// [`read`](Self::read) under a deadline of `budget`.
     async fn read_within(&mut self, budget: Duration) -> Result<()> {
         let el = self.el;
+        let sent = Instant::now();
         let fresh = with_timeout(
             el.store.kind(),
             "get",
@@ -462,7 +516,9 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
             budget,
             el.store.get(&el.name),
         )
-        .await?;
+        .await;
+        debug!(operation = "read", latency = ?sent.elapsed(), ok = fresh.is_ok(), "store call");
+        let fresh = fresh.inspect_err(|e| el.observer.store_error(&el.name, "read", e))?;
         self.observe(fresh);
         Ok(())
     }
@@ -566,10 +622,11 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
     /// retrying cannot fix is returned.
     async fn pause(&mut self, poll: Duration, until: Option<Instant>) -> Result<Wake> {
         let (store, name, retry) = (&self.el.store, &self.el.name, self.el.config.retry_period);
+        let observer = &*self.el.observer;
         let poll_at = state::add(Instant::now(), poll);
         let woken = tokio::select! {
             _ = self.shutdown.wait() => return Ok(Wake::Shutdown),
-            w = self.wakeups.next(store, name, retry) => w.map(Wake::Event),
+            w = self.wakeups.next(store, name, retry, observer) => w.map(Wake::Event),
             _ = sleep_until(poll_at) => Ok(Wake::Read),
             _ = sleep_until(until.unwrap_or_else(far_future)), if until.is_some() => Ok(Wake::Expired),
         };
@@ -612,6 +669,7 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
             el.store.put(&el.name, &record, mode),
         )
         .await;
+        debug!(operation = "acquire", latency = ?sent.elapsed(), ok = written.is_ok(), "store call");
         // Whether or not it landed, this token may now exist: never ask for it again.
         self.highest_token = self.highest_token.max(token);
         let version = match written {
@@ -620,10 +678,14 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
                 debug!(election = %el.name, "lost the race to acquire");
                 return Ok(None);
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                el.observer.store_error(&el.name, "acquire", &e);
+                return Err(e);
+            }
         };
         // A store may raise the token of a write that starts a term (see the `LeaseStore`
         // contract): adopt what it stored, or, if the record already moved on, start over.
+        let reread = Instant::now();
         let stored = with_timeout(
             el.store.kind(),
             "get",
@@ -631,7 +693,9 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
             self.call_timeout,
             el.store.get(&el.name),
         )
-        .await?;
+        .await;
+        debug!(operation = "read", latency = ?reread.elapsed(), ok = stored.is_ok(), "store call");
+        let stored = stored.inspect_err(|e| el.observer.store_error(&el.name, "acquire", e))?;
         let record = match stored {
             Some(s) if s.version == version => s.record,
             _ => return Ok(None),
@@ -674,8 +738,12 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
             acquired_at,
             acquired_at + cfg.renew_deadline,
         );
+        info!(election = %el.name, identity = %cfg.identity, fencing_token = token, "term started");
+        el.observer
+            .term_started(&el.name, &cfg.identity, term.fencing_token());
         self.publish(Some(&term));
-        let mut task: JoinHandle<()> = tokio::spawn(work(term.clone()));
+        let mut task: JoinHandle<()> =
+            tokio::spawn(work(term.clone()).instrument(tracing::Span::current()));
         let _abort_on_drop = AbortOnDrop(task.abort_handle(), term.clone());
 
         let mut last_ok_sent = acquired_at;
@@ -719,7 +787,14 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
                 _ = sleep_until(next_renew) => {
                     let sent = Instant::now();
                     let budget = self.call_timeout.min(deadline.saturating_duration_since(sent));
-                    match self.renew(budget).await {
+                    let renewed = self.renew(budget).await;
+                    let latency = sent.elapsed();
+                    debug!(operation = "renew", latency = ?latency, ok = renewed.is_ok(), "store call");
+                    el.observer.renewal(&el.name, latency, renewed.as_ref().map(|_| ()));
+                    if let Err(e) = &renewed {
+                        el.observer.store_error(&el.name, "renew", e);
+                    }
+                    match renewed {
                         Ok(()) => {
                             term.set_renew_failures(0);
                             last_ok_sent = sent;
@@ -755,7 +830,7 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
                         }
                     }
                 }
-                woken = self.wakeups.next(&el.store, &el.name, cfg.retry_period) => {
+                woken = self.wakeups.next(&el.store, &el.name, cfg.retry_period, &*el.observer) => {
                     let event = match woken {
                         Ok(event) => event,
                         Err(e) => {
@@ -797,6 +872,9 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
         } else {
             StopReason::ShutDown
         };
+        let duration = term.started_at().elapsed();
+        info!(election = %el.name, reason = ?reason, duration = ?duration, "term ended");
+        el.observer.term_ended(&el.name, &reason, duration);
         self.stopped(&reason);
         if ended_by_work {
             Ended::Released
@@ -881,9 +959,14 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
         err: Option<Error>,
     ) -> Ended {
         term.end_with(StopReason::Lost(reason.clone()));
-        warn!(election = %self.el.name, reason = ?reason, "lost leadership");
+        let duration = term.started_at().elapsed();
+        warn!(election = %self.el.name, reason = %reason, duration = ?duration, "lost leadership; term ended");
         self.publish(None);
-        self.stopped(&StopReason::Lost(reason));
+        let reason = StopReason::Lost(reason);
+        self.el
+            .observer
+            .term_ended(&self.el.name, &reason, duration);
+        self.stopped(&reason);
         if tokio::time::timeout(self.cfg().drain_timeout, &mut task)
             .await
             .is_err()
@@ -908,15 +991,16 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
                 .call_timeout
                 .min(deadline.saturating_duration_since(Instant::now()));
             let sent = Instant::now();
-            match with_timeout(
+            let released = with_timeout(
                 el.store.kind(),
                 "put",
                 &el.name,
                 budget,
                 el.store.put(&el.name, &record, mode),
             )
-            .await
-            {
+            .await;
+            debug!(operation = "release", latency = ?sent.elapsed(), ok = released.is_ok(), "store call");
+            match released {
                 Ok(version) => {
                     info!(election = %el.name, "released the lease");
                     self.observed = Some(Observed {
@@ -928,6 +1012,7 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
                     return;
                 }
                 Err(e) => {
+                    el.observer.store_error(&el.name, "release", &e);
                     debug!(election = %el.name, error = %e, "release failed; re-reading");
                     if !e.is_conflict() {
                         sleep(
@@ -984,20 +1069,53 @@ impl<'a, S: LeaseStore> Runner<'a, S> {
             }
         });
         if self.reported_holder.as_ref() != Some(&holder) {
+            let now = Instant::now();
+            let first = self.reported_holder.is_none();
+            let prev_expiry = match &self.holder_expiry {
+                HolderExpiry::None => None,
+                HolderExpiry::At(t) => Some(*t),
+                HolderExpiry::Term(t) => Some(state::add(
+                    t.valid_until(),
+                    self.cfg()
+                        .lease_duration
+                        .saturating_sub(self.cfg().renew_deadline),
+                )),
+            };
+            let gap = match &holder {
+                None => {
+                    self.leaderless_since = Some(prev_expiry.map_or(now, |e| e.min(now)));
+                    None
+                }
+                Some(_) if first => None,
+                Some(_) => self
+                    .leaderless_since
+                    .take()
+                    .or(prev_expiry)
+                    .map(|since| now.saturating_duration_since(since)),
+            };
             self.reported_holder = Some(holder);
+            let leader = match &state {
+                LeaderState::Following(l) => Some(l.clone()),
+                LeaderState::Leading(t) => Some(Leader {
+                    identity: t.identity().to_owned(),
+                    value: self.cfg().value.clone(),
+                    fencing_token: t.fencing_token(),
+                }),
+                _ => None,
+            };
+            debug!(election = %self.el.name, leader = ?leader.as_ref().map(|l| &l.identity), gap = ?gap, "leader changed");
+            self.el
+                .observer
+                .leader_changed(&self.el.name, leader.as_ref(), gap);
             if let Some(f) = &self.el.on_new_leader {
-                let leader = match &state {
-                    LeaderState::Following(l) => Some(l.clone()),
-                    LeaderState::Leading(t) => Some(Leader {
-                        identity: t.identity().to_owned(),
-                        value: self.cfg().value.clone(),
-                        fencing_token: t.fencing_token(),
-                    }),
-                    _ => None,
-                };
                 f(leader.as_ref());
             }
         }
+        self.holder_expiry = match (&state, &self.observed) {
+            (LeaderState::Leading(t), _) => HolderExpiry::Term(t.clone()),
+            (LeaderState::Following(_), Some(o)) => HolderExpiry::At(o.expires_at()),
+            _ => HolderExpiry::None,
+        };
     }
 }
 

@@ -4,6 +4,7 @@
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod connect;
 #[cfg(feature = "consul")]
 pub mod consul;
 #[macro_use]
@@ -13,11 +14,15 @@ mod error;
 pub mod file;
 #[cfg(feature = "gcs")]
 pub mod gcs;
+#[cfg(feature = "http")]
+pub mod http;
 mod identity;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 pub mod lock;
 mod memory;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod record;
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -28,9 +33,10 @@ pub mod testing;
 #[cfg(feature = "zookeeper")]
 pub mod zookeeper;
 
+pub use connect::{connect, DynStore};
 pub use elector::{
     Backoff, Builder, Config, Leader, LeaderElector, LeaderHandle, LeaderState, LostReason,
-    StopReason,
+    Observer, StopReason,
 };
 pub use error::{with_timeout, BoxError, Error, Result};
 pub use memory::MemoryStore;
