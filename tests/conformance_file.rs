@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use tenure::conformance::{async_trait, Harness};
+use tenure::conformance::{async_trait, Harness, Timings};
 use tenure::file::FileStore;
 
 struct Files {
@@ -38,6 +38,12 @@ impl Harness for Files {
         let path = store.path_of(name).expect("a name the file store can hold");
         std::fs::write(path, b"{\"holder\": 42, this is not a tenure record")
             .expect("garbage written");
+    }
+
+    /// Twice the default lease and deadline: every write is an fsync'd rename, which a busy
+    /// disk on a small CI machine can hold up for a few hundred milliseconds.
+    fn timings(&self) -> Timings {
+        Timings::default().scaled(2)
     }
 }
 
