@@ -37,21 +37,12 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use rand::Rng;
 use tenure::consul::{Consul, ConsulLock, ConsulOptions, ConsulStore};
-use tenure::{LeaderElector, LeaderHandle, LeaderState, Term};
-use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
-use tokio_util::sync::CancellationToken;
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
-
-struct Candidate {
-    handle: LeaderHandle,
-    consul: Consul,
-    shutdown: CancellationToken,
-    task: JoinHandle<tenure::Result<()>>,
-}
+#[path = "support/bench.rs"]
+mod bench;
+use bench::{arg, pct_f64, proc_stats, spawn, split_failovers, summary, term_of, Error};
 
 async fn connect(addr: &str, prefix: &str) -> Result<Consul, Error> {
     Ok(ConsulOptions::new(addr)
@@ -61,163 +52,9 @@ async fn connect(addr: &str, prefix: &str) -> Result<Consul, Error> {
         .await?)
 }
 
-async fn spawn(
-    addr: &str,
-    prefix: &str,
-    name: &str,
-    id: &str,
-    timing: (Duration, Duration, Duration),
-) -> Result<Candidate, Error> {
-    let consul = connect(addr, prefix).await?;
-    spawn_on(ConsulStore::new(consul), name, id, timing)
-}
-
-/// A candidate on `store` (its own handle, or one shared by many).
-fn spawn_on(
-    store: ConsulStore,
-    name: &str,
-    id: &str,
-    (l, d, r): (Duration, Duration, Duration),
-) -> Result<Candidate, Error> {
-    let consul = store.consul().clone();
-    let elector = LeaderElector::builder(store, name)
-        .identity(id)
-        .lease_duration(l)
-        .renew_deadline(d)
-        .retry_period(r)
-        .drain_timeout(Duration::from_secs(1))
-        .build()?;
-    let handle = elector.handle();
-    let shutdown = CancellationToken::new();
-    let sd = shutdown.clone();
-    let task = tokio::spawn(async move {
-        elector
-            .run(sd.cancelled_owned(), |term: Term| async move {
-                term.cancelled().await
-            })
-            .await
-    });
-    Ok(Candidate {
-        handle,
-        consul,
-        shutdown,
-        task,
-    })
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
-
-fn summary(sorted: &[Duration]) -> String {
-    format!(
-        "p50 {} · p99 {} · max {}",
-        ms(pct(sorted, 0.5)),
-        ms(pct(sorted, 0.99)),
-        ms(pct(sorted, 1.0))
-    )
-}
-
-/// Graceful handoffs between two record electors, the shut-down one replaced each time.
-async fn handoff(addr: &str, prefix: &str, trials: usize) -> Result<Vec<Duration>, Error> {
-    let t = (
-        Duration::from_secs(5),
-        Duration::from_secs(3),
-        Duration::from_secs(1),
-    );
-    let name = "handoff";
-    let mut a = spawn(addr, prefix, name, "a0", t).await?;
-    timeout(Duration::from_secs(10), a.handle.leading())
-        .await?
-        .ok_or("no leader")?;
-    let mut b = spawn(addr, prefix, name, "b0", t).await?;
-    sleep(Duration::from_millis(100)).await;
-    let mut out = Vec::new();
-    for i in 0..trials {
-        let start = Instant::now();
-        a.shutdown.cancel();
-        timeout(Duration::from_secs(10), b.handle.leading())
-            .await?
-            .ok_or("the follower stopped")?;
-        out.push(start.elapsed());
-        a.task.await??;
-        let next = spawn(addr, prefix, name, &format!("c{i}"), t).await?;
-        a = std::mem::replace(&mut b, next);
-        // Let the new follower read and start its blocking query.
-        sleep(Duration::from_millis(50)).await;
-    }
-    a.shutdown.cancel();
-    b.shutdown.cancel();
-    a.task.await??;
-    b.task.await??;
-    out.sort();
-    Ok(out)
-}
-
-fn term_of(h: &LeaderHandle) -> Option<Term> {
-    match h.current() {
-        LeaderState::Leading(t) if !t.is_cancelled() => Some(t),
-        _ => None,
-    }
-}
-
-/// Crash failovers of the record elector at L = 1 s: (crash → new leader, new leader −
-/// (last renewal sent + L) in signed seconds).
-async fn failover(addr: &str, prefix: &str, trials: usize) -> Result<Vec<(Duration, f64)>, Error> {
-    let l = Duration::from_secs(1);
-    let (d, r) = (l * 6 / 10, l / 10);
-    let t = (l, d, r);
-    let name = "failover";
-    let mut out = Vec::new();
-    let mut a = spawn(addr, prefix, name, "a", t).await?;
-    timeout(l * 4, a.handle.leading())
-        .await?
-        .ok_or("no leader")?;
-    for i in 0..trials {
-        let b = spawn(addr, prefix, name, &format!("b{i}"), t).await?;
-        sleep(l / 2).await;
-        let term = term_of(&a.handle).ok_or("the leader lost its term")?;
-        let renewed = term.valid_until();
-        let wait_renewal = Instant::now() + r * 3;
-        while term.valid_until() == renewed {
-            if Instant::now() > wait_renewal {
-                return Err("the leader did not renew".into());
-            }
-            sleep(Duration::from_millis(1)).await;
-        }
-        let phase: f64 = rand::thread_rng().gen_range(0.0..0.9);
-        sleep(r.mul_f64(phase)).await;
-        let last_renewal = term.valid_until() - d;
-        let start = Instant::now();
-        a.task.abort();
-        let _ = a.task.await;
-        if term.valid_until() - d != last_renewal {
-            return Err("a renewal raced the crash".into());
-        }
-        timeout(l * 4, b.handle.leading())
-            .await?
-            .ok_or("the follower stopped")?;
-        let led = Instant::now();
-        let expired = last_renewal + l;
-        let past = if led >= expired {
-            (led - expired).as_secs_f64()
-        } else {
-            -(expired - led).as_secs_f64()
-        };
-        out.push((led - start, past));
-        a = b;
-    }
-    a.shutdown.cancel();
-    a.task.await??;
-    Ok(out)
+/// The store of one candidate: its own handle.
+async fn store(addr: &str, prefix: &str) -> Result<ConsulStore, Error> {
+    Ok(ConsulStore::new(connect(addr, prefix).await?))
 }
 
 /// Requests per second each role sends at steady state: (leader alone, follower).
@@ -228,18 +65,19 @@ async fn load(addr: &str, prefix: &str, window: Duration) -> Result<(f64, f64), 
         Duration::from_secs(2),
     );
     let name = "load";
-    let a = spawn(addr, prefix, name, "leader", t).await?;
+    let (ca, cb) = (connect(addr, prefix).await?, connect(addr, prefix).await?);
+    let a = spawn(ConsulStore::new(ca.clone()), name, "leader", t)?;
     timeout(Duration::from_secs(10), a.handle.leading())
         .await?
         .ok_or("no leader")?;
-    let b = spawn(addr, prefix, name, "follower", t).await?;
+    let b = spawn(ConsulStore::new(cb.clone()), name, "follower", t)?;
     // Past the start-up reads.
     sleep(Duration::from_secs(3)).await;
-    let (a0, b0) = (a.consul.requests_sent(), b.consul.requests_sent());
+    let (a0, b0) = (ca.requests_sent(), cb.requests_sent());
     let started = Instant::now();
     sleep(window).await;
     let w = started.elapsed().as_secs_f64();
-    let (a1, b1) = (a.consul.requests_sent(), b.consul.requests_sent());
+    let (a1, b1) = (ca.requests_sent(), cb.requests_sent());
     if term_of(&a.handle).is_none() {
         return Err("the leader lost its term during the window".into());
     }
@@ -274,27 +112,6 @@ async fn lock_handoff(addr: &str, prefix: &str, trials: usize) -> Result<Vec<Dur
     Ok(out)
 }
 
-/// (VmRSS in KiB, utime + stime in clock ticks) of this process.
-fn proc_stats() -> (u64, u64) {
-    let rss_kb = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0);
-    let ticks = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1.to_owned();
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0);
-    (rss_kb, ticks)
-}
-
 /// `n` elections in this process over one `ConsulStore` (one handle), L = 15 s, D = 10 s,
 /// R = 2 s: a line with the time until all lead, memory, CPU and requests per second.
 async fn scale(addr: &str, prefix: &str, n: usize) -> Result<String, Error> {
@@ -308,7 +125,7 @@ async fn scale(addr: &str, prefix: &str, n: usize) -> Result<String, Error> {
     let mut many = Vec::with_capacity(n);
     let ramp = Instant::now();
     for i in 0..n {
-        many.push(spawn_on(store.clone(), &format!("scale-{i}"), "me", t)?);
+        many.push(spawn(store.clone(), &format!("scale-{i}"), "me", t)?);
         if i % 500 == 499 {
             sleep(Duration::from_millis(20)).await;
         }
@@ -432,14 +249,6 @@ async fn hold(args: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
-fn arg(args: &[String], i: usize, default: usize) -> Result<usize, Error> {
-    Ok(args
-        .get(i)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(default))
-}
-
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -458,21 +267,27 @@ async fn main() -> Result<(), Error> {
     println!("consul at {addr}, keys under {prefix}");
 
     if records {
-        let h = handoff(&addr, &prefix, trials).await?;
+        let t = (
+            Duration::from_secs(5),
+            Duration::from_secs(3),
+            Duration::from_secs(1),
+        );
+        // Let the new follower read and start its blocking query.
+        let settle = || Duration::from_millis(50);
+        let h = bench::handoff(|| store(&addr, &prefix), "handoff", t, trials, settle).await?;
         println!(
             "record elector, graceful handoff (L=5s D=3s R=1s, {trials} trials): {}",
             summary(&h)
         );
 
-        let f = failover(&addr, &prefix, failovers).await?;
-        let mut from_crash: Vec<Duration> = f.iter().map(|x| x.0).collect();
-        from_crash.sort();
-        let mut past: Vec<f64> = f.iter().map(|x| x.1).collect();
-        past.sort_by(f64::total_cmp);
-        let p = |q: f64| past[((past.len() as f64 - 1.0) * q).round() as usize] * 1000.0;
+        let l = Duration::from_secs(1);
+        let t = (l, l * 6 / 10, l / 10);
+        let f = bench::failover(|| store(&addr, &prefix), "failover", t, failovers, l / 2).await?;
+        let (from_crash, past) = split_failovers(&f);
+        let p = |q: f64| pct_f64(&past, q) * 1000.0;
         println!(
-            "record elector, crash failover (L=1s D=0.6s R=0.1s, {failovers} trials): from the crash \
-             {}; from the lease's expiry p50 {:+.1} ms · p99 {:+.1} ms · max {:+.1} ms",
+            "record elector, crash failover (L=1s D=0.6s R=0.1s, {failovers} trials): from the \
+             crash {}; from the lease's expiry p50 {:+.1} ms · p99 {:+.1} ms · max {:+.1} ms",
             summary(&from_crash),
             p(0.5),
             p(0.99),

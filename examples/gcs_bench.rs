@@ -28,21 +28,14 @@ use std::time::Duration;
 
 use rand::Rng;
 use tenure::gcs::{self, Gcs, GcsOptions, GcsStore};
-use tenure::{LeaderElector, LeaderHandle, LeaderState, LeaseRecord, LeaseStore, PutMode, Term};
-use tokio::task::JoinHandle;
+use tenure::{LeaderElector, LeaseRecord, LeaseStore, PutMode, Term};
 use tokio::time::{sleep, timeout, Instant};
-use tokio_util::sync::CancellationToken;
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
+#[path = "support/bench.rs"]
+mod bench;
+use bench::{arg, ms, pct, spawn, split_failovers, term_of, Error};
 
 const BUCKET: &str = "tenure-bench";
-
-struct Candidate {
-    handle: LeaderHandle,
-    gcs: Gcs,
-    shutdown: CancellationToken,
-    task: JoinHandle<tenure::Result<()>>,
-}
 
 async fn connect(endpoint: &str, prefix: &str) -> Result<Gcs, Error> {
     Ok(GcsOptions::new(BUCKET)
@@ -53,49 +46,9 @@ async fn connect(endpoint: &str, prefix: &str) -> Result<Gcs, Error> {
         .await?)
 }
 
-async fn spawn(
-    endpoint: &str,
-    prefix: &str,
-    name: &str,
-    id: &str,
-    (l, d, r): (Duration, Duration, Duration),
-) -> Result<Candidate, Error> {
-    let gcs = connect(endpoint, prefix).await?;
-    let elector = LeaderElector::builder(GcsStore::new(gcs.clone()), name)
-        .identity(id)
-        .lease_duration(l)
-        .renew_deadline(d)
-        .retry_period(r)
-        .drain_timeout(Duration::from_secs(1))
-        .build()?;
-    let handle = elector.handle();
-    let shutdown = CancellationToken::new();
-    let sd = shutdown.clone();
-    let task = tokio::spawn(async move {
-        elector
-            .run(sd.cancelled_owned(), |term: Term| async move {
-                term.cancelled().await
-            })
-            .await
-    });
-    Ok(Candidate {
-        handle,
-        gcs,
-        shutdown,
-        task,
-    })
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+/// The store of one candidate: its own handle.
+async fn store(endpoint: &str, prefix: &str) -> Result<GcsStore, Error> {
+    Ok(GcsStore::new(connect(endpoint, prefix).await?))
 }
 
 fn row(what: &str, setting: &str, n: usize, sorted: &[Duration]) {
@@ -164,7 +117,7 @@ async fn acquisition(endpoint: &str, prefix: &str, n: usize) -> Result<Vec<Durat
             .retry_period(t.2)
             .build()?;
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-        let shutdown = CancellationToken::new();
+        let shutdown = tokio_util::sync::CancellationToken::new();
         let sd = shutdown.clone();
         let start = Instant::now();
         let task = tokio::spawn(async move {
@@ -187,105 +140,6 @@ async fn acquisition(endpoint: &str, prefix: &str, n: usize) -> Result<Vec<Durat
     Ok(out)
 }
 
-/// Graceful handoffs, the shut-down leader replaced by a new follower each time.
-async fn handoff(endpoint: &str, prefix: &str, trials: usize) -> Result<Vec<Duration>, Error> {
-    let t = (
-        Duration::from_secs(5),
-        Duration::from_secs(3),
-        Duration::from_secs(1),
-    );
-    let name = "handoff";
-    let mut a = spawn(endpoint, prefix, name, "a0", t).await?;
-    timeout(Duration::from_secs(10), a.handle.leading())
-        .await?
-        .ok_or("no leader")?;
-    let mut b = spawn(endpoint, prefix, name, "b0", t).await?;
-    let mut out = Vec::new();
-    for i in 0..trials {
-        // A random phase of the follower's polling.
-        let phase: f64 = rand::thread_rng().gen_range(0.2..1.2);
-        sleep(t.2.mul_f64(phase)).await;
-        let start = Instant::now();
-        a.shutdown.cancel();
-        timeout(Duration::from_secs(10), b.handle.leading())
-            .await?
-            .ok_or("the follower stopped")?;
-        out.push(start.elapsed());
-        a.task.await??;
-        let next = spawn(endpoint, prefix, name, &format!("c{i}"), t).await?;
-        a = std::mem::replace(&mut b, next);
-    }
-    a.shutdown.cancel();
-    b.shutdown.cancel();
-    a.task.await??;
-    b.task.await??;
-    out.sort();
-    Ok(out)
-}
-
-fn term_of(h: &LeaderHandle) -> Option<Term> {
-    match h.current() {
-        LeaderState::Leading(t) if !t.is_cancelled() => Some(t),
-        _ => None,
-    }
-}
-
-/// Crash failovers: (crash → new leader, new leader − (last renewal sent + L) in seconds).
-async fn failover(
-    endpoint: &str,
-    prefix: &str,
-    trials: usize,
-) -> Result<Vec<(Duration, f64)>, Error> {
-    let (l, d, r) = (
-        Duration::from_secs(4),
-        Duration::from_millis(2500),
-        Duration::from_secs(1),
-    );
-    let name = "failover";
-    let mut out = Vec::new();
-    let mut a = spawn(endpoint, prefix, name, "a", (l, d, r)).await?;
-    timeout(l * 4, a.handle.leading())
-        .await?
-        .ok_or("no leader")?;
-    for i in 0..trials {
-        let b = spawn(endpoint, prefix, name, &format!("b{i}"), (l, d, r)).await?;
-        sleep(r * 2).await;
-        let term = term_of(&a.handle).ok_or("the leader lost its term")?;
-        let renewed = term.valid_until();
-        let wait_renewal = Instant::now() + r * 3;
-        while term.valid_until() == renewed {
-            if Instant::now() > wait_renewal {
-                return Err("the leader did not renew".into());
-            }
-            sleep(Duration::from_millis(1)).await;
-        }
-        let phase: f64 = rand::thread_rng().gen_range(0.0..0.9);
-        sleep(r.mul_f64(phase)).await;
-        let last_renewal = term.valid_until() - d;
-        let start = Instant::now();
-        a.task.abort();
-        let _ = a.task.await;
-        if term.valid_until() - d != last_renewal {
-            return Err("a renewal raced the crash".into());
-        }
-        timeout(l * 4, b.handle.leading())
-            .await?
-            .ok_or("the follower stopped")?;
-        let led = Instant::now();
-        let expired = last_renewal + l;
-        let past = if led >= expired {
-            (led - expired).as_secs_f64()
-        } else {
-            -(expired - led).as_secs_f64()
-        };
-        out.push((led - start, past));
-        a = b;
-    }
-    a.shutdown.cancel();
-    a.task.await??;
-    Ok(out)
-}
-
 /// Requests per second each role sends at steady state: (leader, follower).
 async fn load(endpoint: &str, prefix: &str, window: Duration) -> Result<(f64, f64), Error> {
     let t = (
@@ -294,17 +148,21 @@ async fn load(endpoint: &str, prefix: &str, window: Duration) -> Result<(f64, f6
         Duration::from_secs(2),
     );
     let name = "load";
-    let a = spawn(endpoint, prefix, name, "leader", t).await?;
+    let (ga, gb) = (
+        connect(endpoint, prefix).await?,
+        connect(endpoint, prefix).await?,
+    );
+    let a = spawn(GcsStore::new(ga.clone()), name, "leader", t)?;
     timeout(Duration::from_secs(10), a.handle.leading())
         .await?
         .ok_or("no leader")?;
-    let b = spawn(endpoint, prefix, name, "follower", t).await?;
+    let b = spawn(GcsStore::new(gb.clone()), name, "follower", t)?;
     sleep(Duration::from_secs(3)).await;
-    let (a0, b0) = (a.gcs.requests_sent(), b.gcs.requests_sent());
+    let (a0, b0) = (ga.requests_sent(), gb.requests_sent());
     let started = Instant::now();
     sleep(window).await;
     let w = started.elapsed().as_secs_f64();
-    let (a1, b1) = (a.gcs.requests_sent(), b.gcs.requests_sent());
+    let (a1, b1) = (ga.requests_sent(), gb.requests_sent());
     if term_of(&a.handle).is_none() {
         return Err("the leader lost its term during the window".into());
     }
@@ -313,13 +171,6 @@ async fn load(endpoint: &str, prefix: &str, window: Duration) -> Result<(f64, f6
         c.task.await??;
     }
     Ok(((a1 - a0) as f64 / w, (b1 - b0) as f64 / w))
-}
-
-fn arg(args: &[String], i: usize, default: usize) -> Result<usize, Error> {
-    match args.get(i) {
-        Some(a) => Ok(a.parse()?),
-        None => Ok(default),
-    }
 }
 
 #[tokio::main]
@@ -355,7 +206,14 @@ async fn main() -> Result<(), Error> {
     let a = acquisition(&endpoint, &prefix, acquisitions).await?;
     row("acquisition of a free name", "L=5s D=3s R=1s", a.len(), &a);
 
-    let h = handoff(&endpoint, &prefix, handoffs).await?;
+    let t = (
+        Duration::from_secs(5),
+        Duration::from_secs(3),
+        Duration::from_secs(1),
+    );
+    // A random phase of the follower's polling before each trial.
+    let phase = || t.2.mul_f64(rand::thread_rng().gen_range(0.2..1.2));
+    let h = bench::handoff(|| store(&endpoint, &prefix), "handoff", t, handoffs, phase).await?;
     row(
         "graceful handoff (follower polls)",
         "L=5s D=3s R=1s",
@@ -363,18 +221,27 @@ async fn main() -> Result<(), Error> {
         &h,
     );
 
-    let f = failover(&endpoint, &prefix, failovers).await?;
-    let mut from_crash: Vec<Duration> = f.iter().map(|x| x.0).collect();
-    from_crash.sort();
+    let t = (
+        Duration::from_secs(4),
+        Duration::from_millis(2500),
+        Duration::from_secs(1),
+    );
+    let f = bench::failover(
+        || store(&endpoint, &prefix),
+        "failover",
+        t,
+        failovers,
+        t.2 * 2,
+    )
+    .await?;
+    let (from_crash, past) = split_failovers(&f);
     row(
         "crash failover, from the crash",
         "L=4s D=2.5s R=1s",
         from_crash.len(),
         &from_crash,
     );
-    let mut past: Vec<f64> = f.iter().map(|x| x.1).collect();
-    past.sort_by(f64::total_cmp);
-    let p = |q: f64| past[((past.len() as f64 - 1.0) * q).round() as usize] * 1000.0;
+    let p = |q: f64| bench::pct_f64(&past, q) * 1000.0;
     if !past.is_empty() {
         println!(
             "| crash failover, after the lease's expiry | L=4s D=2.5s R=1s | {} | {:+.1} ms | {:+.1} ms | {:+.1} ms |",

@@ -33,50 +33,12 @@
 
 use std::time::Duration;
 
-use rand::Rng;
 use tenure::redis::RedisStore;
-use tenure::{LeaderElector, LeaderHandle, LeaderState, Term};
-use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
-use tokio_util::sync::CancellationToken;
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
-
-struct Candidate {
-    handle: LeaderHandle,
-    shutdown: CancellationToken,
-    task: JoinHandle<tenure::Result<()>>,
-}
-
-fn spawn(
-    store: RedisStore,
-    name: &str,
-    id: &str,
-    (l, d, r): (Duration, Duration, Duration),
-) -> Result<Candidate, Error> {
-    let elector = LeaderElector::builder(store, name)
-        .identity(id)
-        .lease_duration(l)
-        .renew_deadline(d)
-        .retry_period(r)
-        .drain_timeout(Duration::from_secs(1))
-        .build()?;
-    let handle = elector.handle();
-    let shutdown = CancellationToken::new();
-    let sd = shutdown.clone();
-    let task = tokio::spawn(async move {
-        elector
-            .run(sd.cancelled_owned(), |term: Term| async move {
-                term.cancelled().await
-            })
-            .await
-    });
-    Ok(Candidate {
-        handle,
-        shutdown,
-        task,
-    })
-}
+#[path = "support/bench.rs"]
+mod bench;
+use bench::{ms_signed, pct, proc_stats, spawn, split_failovers, summary, Error};
 
 async fn connect(url: &str, prefix: &str) -> Result<RedisStore, Error> {
     Ok(RedisStore::options(url)
@@ -132,139 +94,6 @@ impl Drop for PrivateRedis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
-
-/// Signed milliseconds, for offsets from L.
-fn ms_signed(x: f64) -> String {
-    format!(
-        "{}{:.1} ms",
-        if x < 0.0 { "−" } else { "+" },
-        x.abs() * 1000.0
-    )
-}
-
-fn summary(sorted: &[Duration]) -> String {
-    format!(
-        "p50 {} · p99 {} · max {}",
-        ms(pct(sorted, 0.5)),
-        ms(pct(sorted, 0.99)),
-        ms(pct(sorted, 1.0))
-    )
-}
-
-/// Graceful handoffs between two candidates, the shut-down one replaced each time.
-async fn handoff(url: &str, prefix: &str, trials: usize) -> Result<Vec<Duration>, Error> {
-    let t = (
-        Duration::from_secs(5),
-        Duration::from_secs(3),
-        Duration::from_secs(1),
-    );
-    let name = "handoff";
-    let mut a = spawn(connect(url, prefix).await?, name, "a0", t)?;
-    timeout(Duration::from_secs(10), a.handle.leading())
-        .await?
-        .ok_or("no leader")?;
-    let mut b = spawn(connect(url, prefix).await?, name, "b0", t)?;
-    sleep(Duration::from_millis(100)).await;
-    let mut out = Vec::new();
-    for i in 0..trials {
-        let start = Instant::now();
-        a.shutdown.cancel();
-        timeout(Duration::from_secs(10), b.handle.leading())
-            .await?
-            .ok_or("the follower stopped")?;
-        out.push(start.elapsed());
-        a.task.await??;
-        // The old leader comes back as the follower.
-        let next = spawn(connect(url, prefix).await?, name, &format!("c{i}"), t)?;
-        a = std::mem::replace(&mut b, next);
-        // Let the new follower subscribe and read.
-        sleep(Duration::from_millis(30)).await;
-    }
-    a.shutdown.cancel();
-    b.shutdown.cancel();
-    a.task.await??;
-    b.task.await??;
-    out.sort();
-    Ok(out)
-}
-
-/// The current term of `h`, if it leads.
-fn term_of(h: &LeaderHandle) -> Option<Term> {
-    match h.current() {
-        LeaderState::Leading(t) if !t.is_cancelled() => Some(t),
-        _ => None,
-    }
-}
-
-/// Crash failovers at lease duration `l`: for each trial, (crash → new leader, new leader −
-/// (last renewal sent + L)), the second in seconds and signed.
-async fn failover(
-    url: &str,
-    prefix: &str,
-    l: Duration,
-    trials: usize,
-) -> Result<Vec<(Duration, f64)>, Error> {
-    let (d, r) = (l * 6 / 10, l / 10);
-    let t = (l, d, r);
-    let name = format!("failover-{}", l.as_millis());
-    let mut out = Vec::new();
-    let mut a = spawn(connect(url, prefix).await?, &name, "a", t)?;
-    timeout(l * 4, a.handle.leading())
-        .await?
-        .ok_or("no leader")?;
-    for i in 0..trials {
-        let b = spawn(connect(url, prefix).await?, &name, &format!("b{i}"), t)?;
-        // The follower reads, subscribes and sees a few renewals.
-        sleep(l / 2).await;
-        let term = term_of(&a.handle).ok_or("the leader lost its term")?;
-        // Crash at a uniformly random point of a retry period, right after a renewal (so
-        // that none is in flight: its send time is then exactly `valid_until − D`).
-        let renewed = term.valid_until();
-        let wait_renewal = Instant::now() + r * 3;
-        while term.valid_until() == renewed {
-            if Instant::now() > wait_renewal {
-                return Err("the leader did not renew".into());
-            }
-            sleep(Duration::from_millis(1)).await;
-        }
-        let phase: f64 = rand::thread_rng().gen_range(0.0..0.9);
-        sleep(r.mul_f64(phase)).await;
-        let last_renewal = term.valid_until() - d;
-        let start = Instant::now();
-        a.task.abort();
-        let _ = a.task.await;
-        if term.valid_until() - d != last_renewal {
-            return Err("a renewal raced the crash".into());
-        }
-        timeout(l * 4, b.handle.leading())
-            .await?
-            .ok_or("the follower stopped")?;
-        let led = Instant::now();
-        let expired = last_renewal + l;
-        let past = if led >= expired {
-            (led - expired).as_secs_f64()
-        } else {
-            -(expired - led).as_secs_f64()
-        };
-        out.push((led - start, past));
-        a = b;
-    }
-    a.shutdown.cancel();
-    a.task.await??;
-    Ok(out)
 }
 
 /// Server counters at one moment.
@@ -360,27 +189,6 @@ fn load(with: Rate, without: Rate) -> String {
     )
 }
 
-fn proc_stats() -> (u64, u64) {
-    let rss_kb = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0);
-    let ticks = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1.to_owned();
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            // After the command: state is field 3, utime 14 and stime 15 (1-based overall).
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0);
-    (rss_kb, ticks)
-}
-
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let private = match std::env::var("TENURE_REDIS_SERVER") {
@@ -406,7 +214,7 @@ async fn main() -> Result<(), Error> {
     let elections = arg(10_000)?;
     let failovers = arg(100)?;
     let window = Duration::from_secs(arg(60)? as u64);
-    let r: u32 = rand::thread_rng().gen();
+    let r: u32 = rand::Rng::gen(&mut rand::thread_rng());
     let prefix = format!("tenure-bench-{r:08x}:");
     let mut rows: Vec<(String, String)> = Vec::new();
     eprintln!(
@@ -418,7 +226,14 @@ async fn main() -> Result<(), Error> {
         }
     );
 
-    let h = handoff(&url, &prefix, trials).await?;
+    let t5 = (
+        Duration::from_secs(5),
+        Duration::from_secs(3),
+        Duration::from_secs(1),
+    );
+    // Between trials, let the new follower read and start its watch.
+    let settle = || Duration::from_millis(30);
+    let h = bench::handoff(|| connect(&url, &prefix), "handoff", t5, trials, settle).await?;
     rows.push((
         format!("graceful handoff, L = 5 s ({} trials)", h.len()),
         summary(&h),
@@ -427,12 +242,11 @@ async fn main() -> Result<(), Error> {
 
     for (l, n) in [(1u64, failovers), (2, failovers / 2), (4, failovers / 4)] {
         let l = Duration::from_secs(l);
-        let f = failover(&url, &prefix, l, n.max(1)).await?;
-        let mut crash: Vec<Duration> = f.iter().map(|x| x.0).collect();
-        crash.sort();
-        let mut past: Vec<f64> = f.iter().map(|x| x.1).collect();
-        past.sort_by(f64::total_cmp);
-        let pf = |p: f64| past[((past.len() as f64 - 1.0) * p).round() as usize];
+        let name = format!("failover-{}", l.as_millis());
+        let t = (l, l * 6 / 10, l / 10);
+        let f = bench::failover(|| connect(&url, &prefix), &name, t, n.max(1), l / 2).await?;
+        let (crash, past) = split_failovers(&f);
+        let pf = |p: f64| bench::pct_f64(&past, p);
         let lf = l.as_secs_f64();
         let row = format!(
             "crash → leader {} · as L + x: p50 {} · p99 {} · max {} · lease expiry → leader: \
