@@ -22,26 +22,9 @@ use tenure::{
 use tokio::time::{sleep, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// The variable's value, or `None` after a loud skip (a panic under
-/// `TENURE_REQUIRE_BACKENDS=1`).
-fn env_or_skip(var: &str, test: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ => {
-            assert!(
-                std::env::var("TENURE_REQUIRE_BACKENDS").as_deref() != Ok("1"),
-                "{test}: {var} is not set, and TENURE_REQUIRE_BACKENDS=1 requires the Redis \
-                 tests to run: start the servers with scripts/test-services.sh (scripts/test.sh \
-                 does)"
-            );
-            eprintln!(
-                "SKIPPED: {test}: {var} is not set (run scripts/test.sh, or \
-                 `scripts/test-services.sh start DIR` and `source DIR/env`)"
-            );
-            None
-        }
-    }
-}
+#[path = "support/env.rs"]
+mod env;
+use env::env_or_skip;
 
 fn unique_prefix() -> String {
     let r: u64 = rand::thread_rng().gen();
