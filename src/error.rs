@@ -69,8 +69,10 @@ pub enum Error {
         source: BoxError,
     },
 
-    /// The stored record could not be decoded: it is not a tenure record. It is left untouched.
-    #[error("{store}: the record at {key:?} is not a tenure lease record")]
+    /// What is stored at the key is not what tenure expects there — not a tenure record, or
+    /// (Consul's session locks) a key whose flags belong to another use. It is left untouched;
+    /// `source` says what was found.
+    #[error("{store}: {key:?} holds something other than tenure expects there (left untouched)")]
     Decode {
         /// The store holding the record.
         store: &'static str,

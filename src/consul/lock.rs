@@ -986,16 +986,21 @@ impl ConsulLock {
         let mut holder: Option<(String, Option<Duration>)> = None;
         // When the lock-delay of a holder seen to go ends, at the latest.
         let mut delay_until: Option<Instant> = None;
+        // A zero (or past) timeout still makes one attempt.
+        let mut attempted = false;
         loop {
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if attempted && deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(timed_out());
             }
+            attempted = true;
             // The session of this attempt.
             let session = match &inner.session {
                 Some(shared) if shared.is_alive() => shared.clone(),
                 Some(shared) => {
-                    return Err(LockError::Store(Error::Unavailable {
+                    // Final: the caller's session cannot come back.
+                    return Err(LockError::Store(Error::Rejected {
                         store: KIND,
+                        name: key.to_owned(),
                         source: format!(
                             "the lock's session {} ended: {}",
                             shared.id(),
@@ -1005,7 +1010,7 @@ impl ConsulLock {
                                 .unwrap_or_default()
                         )
                         .into(),
-                    }))
+                    }));
                 }
                 None => match &own {
                     Some(s) if s.is_alive() => s.clone(),

@@ -439,17 +439,22 @@ impl ConsulSemaphore {
         let mut own: Option<Session> = None;
         let mut contender_made = false;
         let mut index = 0u64;
+        // A zero (or past) timeout still makes one attempt.
+        let mut attempted = false;
         loop {
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if attempted && deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(timed_out());
             }
+            attempted = true;
             let session = match &inner.session {
                 Some(s) if s.is_alive() => s.clone(),
                 Some(s) => {
-                    return Err(LockError::Store(Error::Unavailable {
+                    // Final: the caller's session cannot come back.
+                    return Err(LockError::Store(Error::Rejected {
                         store: KIND,
+                        name: prefix.to_owned(),
                         source: format!("the semaphore's session {} ended", s.id()).into(),
-                    }))
+                    }));
                 }
                 None => match &own {
                     Some(s) if s.is_alive() => s.clone(),
