@@ -395,7 +395,7 @@ pub async fn try_lock_takes_over_a_dead_holder<H: Harness>(h: &H) {
                 );
                 sleep(t.retry_period).await;
             }
-            Err(e) => panic!("{CHECK}: try_lock: {e}"),
+            Err(e) => panic!("{CHECK}: try_lock: {e:?}"),
         }
     };
     let taken = g2.term().started_at();
@@ -420,7 +420,7 @@ pub async fn try_lock_takes_over_a_dead_holder<H: Harness>(h: &H) {
     sleep(t.lease_duration + t.slack).await;
     let fresh = mutex(h.store().await, &name, "fresh", &t);
     let g3 = fresh.try_lock().await.unwrap_or_else(|e| {
-        panic!("{CHECK}: a fresh process's first try_lock, a lease after the holder died: {e}")
+        panic!("{CHECK}: a fresh process's first try_lock, a lease after the holder died: {e:?}")
     });
     g3.unlock()
         .await
