@@ -725,7 +725,7 @@ impl ConsulLockBuilder {
 /// let consul = ConsulOptions::from_env().connect().await?;
 /// // The same prefix a shell script passes to `consul lock service/report ./report.sh`:
 /// // both lock the key `service/report/.lock`, and exclude each other.
-/// let lock = ConsulLock::builder(&consul, "service/report")
+/// let lock = ConsulLock::builder(&consul, "service/report")?
 ///     .value(gethostname())
 ///     .session_ttl(Duration::from_secs(10))
 ///     .build()?;
