@@ -384,3 +384,48 @@ fn create_gcs_bucket(emulator: &str, bucket: &str) {
     let status = status.expect("the emulator answers");
     assert!(status.is_success(), "creating bucket {bucket}: {status}");
 }
+
+/// A lease lost while the command runs (here: its record deleted behind the leader's back)
+/// stops the command, and `run --once` exits 75 saying so.
+#[test]
+fn a_lease_lost_while_the_command_runs_stops_it_and_exits_75() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = format!("file://{}", dir.path().display());
+    let started = dir.path().join("started");
+    let script = format!("echo $$ > {}; exec sleep 60", started.display());
+    let mut p = Proc::start(
+        dir.path(),
+        "once",
+        &[
+            "run",
+            "--store",
+            &store,
+            "--name",
+            "lost",
+            "--lease-duration",
+            "2s",
+            "--renew-deadline",
+            "1s",
+            "--retry-period",
+            "200ms",
+            "--once",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    let pid: i32 = wait_for(Duration::from_secs(10), "the command starts", || {
+        std::fs::read_to_string(&started).ok()?.trim().parse().ok()
+    });
+    let record = tenure::file::FileStore::open(dir.path())
+        .expect("the store's directory")
+        .path_of("lost")
+        .expect("a name the file store holds");
+    std::fs::remove_file(&record).expect("the lease record exists while leading");
+    let code = p.wait(Duration::from_secs(15));
+    let err = p.stderr_text();
+    assert_eq!(code, 75, "{err}");
+    assert!(err.contains("lost the lease"), "{err}");
+    assert!(!alive(pid), "the command was stopped");
+}
