@@ -26,6 +26,8 @@ pub mod metrics;
 mod record;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(any(feature = "consul", feature = "gcs"))]
+mod segment;
 mod store;
 mod term;
 #[cfg(feature = "testing")]

@@ -408,35 +408,10 @@ impl Consul {
         }
     }
 
-    /// Sends `req` under `timeout` (waiting for a connection permit included) and maps the
-    /// outcome: 2xx, 404 and 409 are returned for the caller to read (a missing key; a
-    /// refused transaction, whose body says why); 401 and 403 are
-    /// [`Error::PermissionDenied`]; 400, 405 and 413 [`Error::Rejected`]; 429 and 5xx
-    /// [`Error::Unavailable`] (the body, for example "No cluster leader", is the source);
-    /// connection failures [`Error::Unavailable`]; an elapsed deadline [`Error::Timeout`].
-    /// `name` (the Consul key, or the lock's name) names the object in errors.
-    ///
-    /// Uses the permits of ordinary calls; blocking queries use
-    /// [`send_blocking`](Self::send_blocking), so that they never starve renewals.
-    #[allow(dead_code)] // for the session locks
-    pub(crate) async fn send(
-        &self,
-        req: RequestBuilder,
-        operation: &'static str,
-        name: &str,
-        timeout: Duration,
-    ) -> Result<Response> {
-        with_timeout(KIND, operation, name, timeout, async {
-            let _permit = self.inner.calls.acquire().await.map_err(|_| closed())?;
-            self.exchange(req, operation, name, timeout).await
-        })
-        .await
-    }
-
-    /// As [`send`](Self::send), for a blocking query (`?index=&wait=`): uses the permits of
-    /// blocking queries, held until the headers arrive. `timeout` should be the query's
-    /// `wait` plus `wait / 16` (Consul's jitter) plus [`timeout`](Self::timeout).
-    #[allow(dead_code)] // for the session locks
+    /// As [`call`](Self::call) without reading the body, for a blocking query
+    /// (`?index=&wait=`): uses the permits of blocking queries, held until the headers arrive.
+    /// `timeout` should be the query's `wait` plus `wait / 16` (Consul's jitter) plus
+    /// [`timeout`](Self::timeout).
     pub(crate) async fn send_blocking(
         &self,
         req: RequestBuilder,
@@ -461,7 +436,7 @@ impl Consul {
     }
 
     /// Sends `req` without taking a permit (the caller holds one) and reads the whole reply,
-    /// all under `timeout`; statuses are mapped as by [`send`](Self::send).
+    /// all under `timeout`; statuses are mapped as by [`call`](Self::call).
     pub(crate) async fn exchange_read(
         &self,
         req: RequestBuilder,
@@ -476,7 +451,16 @@ impl Consul {
         .await
     }
 
-    /// [`send`](Self::send), then reads the whole body, all under `timeout`.
+    /// Sends `req` and reads the whole reply under `timeout` (waiting for a connection permit included) and maps the
+    /// outcome: 2xx, 404 and 409 are returned for the caller to read (a missing key; a
+    /// refused transaction, whose body says why); 401 and 403 are
+    /// [`Error::PermissionDenied`]; 400, 405 and 413 [`Error::Rejected`]; 429 and 5xx
+    /// [`Error::Unavailable`] (the body, for example "No cluster leader", is the source);
+    /// connection failures [`Error::Unavailable`]; an elapsed deadline [`Error::Timeout`].
+    /// `name` (the Consul key, or the lock's name) names the object in errors.
+    ///
+    /// Uses the permits of ordinary calls; blocking queries use
+    /// [`send_blocking`](Self::send_blocking), so that they never starve renewals.
     pub(crate) async fn call(
         &self,
         req: RequestBuilder,

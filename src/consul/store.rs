@@ -435,32 +435,16 @@ fn kv_path(key: &str) -> String {
 
 /// The key segment of `name` (see [`ConsulStore`]'s Names).
 fn escape(name: &str) -> Result<String> {
-    let invalid = |reason: String| Error::InvalidName {
-        store: KIND,
-        name: name.to_owned(),
-        reason,
-    };
-    if name.is_empty() {
-        return Err(invalid("the name is empty".to_owned()));
-    }
-    let mut out = String::with_capacity(name.len());
-    for (i, c) in name.char_indices() {
-        let plain = (c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '~' | '.'))
-            && !(i == 0 && c == '.');
-        if plain || !c.is_ascii() {
-            out.push(c);
-        } else {
-            let mut buf = [0; 4];
-            for b in c.encode_utf8(&mut buf).bytes() {
-                out.push_str(&format!("%{b:02X}"));
-            }
-        }
-    }
+    let out = crate::segment::escape_segment(KIND, name)?;
     if out.len() > MAX_NAME_LEN {
-        return Err(invalid(format!(
-            "the escaped name is too long: {} bytes, at most {MAX_NAME_LEN}",
-            out.len()
-        )));
+        return Err(Error::InvalidName {
+            store: KIND,
+            name: name.to_owned(),
+            reason: format!(
+                "the escaped name is too long: {} bytes, at most {MAX_NAME_LEN}",
+                out.len()
+            ),
+        });
     }
     Ok(out)
 }

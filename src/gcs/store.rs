@@ -415,27 +415,7 @@ fn unexpected(gs: &str, status: StatusCode) -> Error {
 
 /// The object-name segment of `name` (see [`GcsStore`]'s Names).
 fn escape(name: &str) -> Result<String> {
-    if name.is_empty() {
-        return Err(Error::InvalidName {
-            store: KIND,
-            name: String::new(),
-            reason: "the name is empty".to_owned(),
-        });
-    }
-    let mut out = String::with_capacity(name.len());
-    for (i, c) in name.char_indices() {
-        let plain = (c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '~' | '.'))
-            && !(i == 0 && c == '.');
-        if plain || !c.is_ascii() {
-            out.push(c);
-        } else {
-            let mut buf = [0; 4];
-            for b in c.encode_utf8(&mut buf).bytes() {
-                out.push_str(&format!("%{b:02X}"));
-            }
-        }
-    }
-    Ok(out)
+    crate::segment::escape_segment(KIND, name)
 }
 
 /// A `multipart/related` body of the object resource (JSON) and its content: the boundary
